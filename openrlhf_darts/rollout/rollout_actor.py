@@ -1,0 +1,245 @@
+"""The DARTS engine actor: M'_i candidates per prompt on one engine, local finish tracking, early abort (spec 3a-c).
+
+`DartsRolloutActor` extends OpenRLHF's `RolloutRayActor` one level deep. Upstream's `generate` and executor run
+unchanged; a context variable marks which (group, candidate) a request belongs to, so the same code path serves eval
+and upstream calls (variable unset) and DARTS groups (variable set):
+
+    generate_group ── M'_i tasks ──> executor.execute(llm_engine=self) ──> self.generate ──> AsyncLLM.generate
+                                                                             │ stream: progress per candidate
+                                          _GroupRun <── finish / progress ──┘
+                                          verdict: keep -> return (executor then computes the reward)
+                                                   drop -> raise _Dropped (no reward call)
+                                                   abort -> task.cancel() (vLLM aborts the request)
+
+No remote call sits on the decode path: progress and finishes are counted in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import os
+import time
+
+import ray
+
+from openrlhf_darts.core.selection import GroupSelector
+from openrlhf_darts.core.types import CandidateResult, GroupOutcome, GroupPlan
+from openrlhf_darts.upstream import RolloutRayActorBase
+
+logger = logging.getLogger(__name__)
+
+# (group run, candidate index) of the request the current asyncio task is generating; None outside DARTS groups.
+_CANDIDATE: contextvars.ContextVar[tuple["_GroupRun", int] | None] = contextvars.ContextVar(
+    "darts_candidate", default=None
+)
+CPU_KV_CACHE_BYTES = int(os.environ.get("OPENRLHF_DARTS_CPU_KV_CACHE_BYTES", 256 * 2**20))
+
+
+class _Dropped(Exception):
+    """A finished candidate that selection did not keep; it leaves before the executor scores it."""
+
+
+class _GroupRun:
+    """Local state of one prompt's candidates: progress, finishes, and the keep/drop/abort verdicts."""
+
+    def __init__(self, plan: GroupPlan):
+        self.plan = plan
+        self.selector = GroupSelector(plan)
+        self.progress = [0] * plan.num_candidates  # tokens generated so far, from the cumulative stream
+        self.running = set(range(plan.num_candidates))
+        self.finished: dict[int, tuple[int, bool]] = {}  # index -> (length, truncated)
+        self.aborted: set[int] = set()
+        loop = asyncio.get_running_loop()
+        self.verdicts = [loop.create_future() for _ in range(plan.num_candidates)]
+        self.tasks: list[asyncio.Task] = []
+        self.kept: list[int] | None = None
+        self.start = time.perf_counter()
+        self.release_s = 0.0
+
+    def on_progress(self, index: int, tokens: int) -> None:
+        self.progress[index] = tokens
+        if self.kept is None and self.plan.shortest_only and self.selector.can_abort():
+            self._maybe_release()
+
+    def on_finish(self, index: int, length: int, truncated: bool) -> None:
+        if index in self.finished:
+            raise RuntimeError(
+                f"candidate {index} called generate twice; DARTS supports single-turn executors only "
+                "(multi-turn agents need a per-turn definition of length and finish)"
+            )
+        self.progress[index] = length
+        self.finished[index] = (length, truncated)
+        self.running.discard(index)
+        self.selector.on_finish(index, length, truncated)
+        self._maybe_release()
+
+    def _maybe_release(self) -> None:
+        if self.kept is not None:
+            return
+        if self.running:
+            if not (self.plan.shortest_only and self.selector.can_abort()):
+                return
+            # Spec 3(c): abort only when no running candidate can still finish at or below the release length.
+            release = self.selector.release_length()
+            if any(self.progress[r] <= release for r in self.running):
+                return
+        self._release()
+
+    def _release(self) -> None:
+        self.kept = self.selector.kept()
+        self.release_s = time.perf_counter() - self.start
+        keep = set(self.kept)
+        for index in self.finished:
+            self.verdicts[index].set_result(index in keep)
+        for index in sorted(self.running):
+            self.aborted.add(index)
+            self.tasks[index].cancel()
+        self.running.clear()
+
+    def fail(self, error: BaseException) -> None:
+        """A candidate broke (engine error, reward failure): stop the others so the group fails at once."""
+        for index, task in enumerate(self.tasks):
+            if not task.done() and not self.verdicts[index].done():
+                self.verdicts[index].set_exception(error)
+            task.cancel()
+
+    def outcome(self) -> GroupOutcome:
+        results = [
+            CandidateResult(index=i, length=length, truncated=truncated, aborted=False)
+            for i, (length, truncated) in self.finished.items()
+        ]
+        results += [CandidateResult(index=i, length=self.progress[i], truncated=False, aborted=True) for i in self.aborted]
+        return GroupOutcome.from_results(
+            self.plan, results, elapsed_s=time.perf_counter() - self.start, release_s=self.release_s
+        )
+
+
+class _ProgressStream:
+    """Wraps the engine so every DARTS request's cumulative stream reports its token count to its group."""
+
+    def __init__(self, llm):
+        self._llm = llm
+
+    def __getattr__(self, name):
+        return getattr(self._llm, name)
+
+    def generate(self, *args, **kwargs):
+        stream = self._llm.generate(*args, **kwargs)
+        slot = _CANDIDATE.get()
+        return stream if slot is None else _tracked(stream, *slot)
+
+
+async def _tracked(stream, group: _GroupRun, index: int):
+    async for output in stream:
+        group.on_progress(index, len(output.outputs[0].token_ids))
+        yield output
+
+
+class DartsRolloutActor(RolloutRayActorBase):
+    """OpenRLHF's engine actor plus `generate_group`: redundant candidates, dual-end selection, early abort."""
+
+    async def __init__(self, *args, **kwargs):
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu():
+            # The CPU backend's bf16 output is wrong (docs/design.md); upstream hard-codes bf16 for GPUs.
+            if kwargs.get("dtype") != "float32":
+                logger.warning("vLLM CPU backend: dtype %s -> float32 (CPU bf16 output is wrong)", kwargs.get("dtype"))
+                kwargs["dtype"] = "float32"
+            kwargs.setdefault("kv_cache_memory_bytes", CPU_KV_CACHE_BYTES)
+        await super().__init__(*args, **kwargs)
+        self.llm = _ProgressStream(self.llm)
+        self._outcomes: list[dict] = []
+
+    async def generate(self, prompt_token_ids, sampling_params, multi_modal_data=None):
+        slot = _CANDIDATE.get()
+        output = await super().generate(prompt_token_ids, sampling_params, multi_modal_data)
+        if slot is None:
+            return output
+        group, index = slot
+        completion = output.outputs[0]
+        if completion.finish_reason not in ("stop", "length"):
+            raise RuntimeError(
+                f"DARTS candidate {index} ended with finish_reason={completion.finish_reason!r}; only stop/length "
+                "are expected while a group runs (was the engine put to sleep or paused with abort?)"
+            )
+        group.on_finish(index, len(completion.token_ids), completion.finish_reason == "length")
+        if not await group.verdicts[index]:
+            raise _Dropped(index)
+        return output
+
+    async def generate_group(
+        self,
+        prompt: str,
+        label,
+        sampling_params,
+        max_length: int,
+        hf_tokenizer,
+        plan: GroupPlan | dict,
+        images=None,
+        group_id: int | None = None,
+    ) -> list[dict]:
+        """Generate `plan.num_candidates` candidates for one prompt and return the `plan.num_keep` kept responses.
+
+        The responses are upstream executor dicts, in ascending candidate index, with rewards computed for them alone.
+        The group's `GroupOutcome` (all lengths, aborts, tokens) waits in this actor for `pop_group_outcomes`.
+        """
+        if isinstance(plan, dict):
+            plan = GroupPlan(**plan)
+        if not isinstance(plan, GroupPlan):
+            raise TypeError(f"plan={plan!r} must be a GroupPlan or its dict")
+        if getattr(sampling_params, "n", 1) != 1:
+            raise ValueError(f"sampling_params.n={sampling_params.n}; DARTS sends one n=1 request per candidate")
+        group = _GroupRun(plan)
+        group.tasks = [
+            asyncio.create_task(
+                self._run_candidate(group, i, prompt, label, sampling_params, max_length, hf_tokenizer, images)
+            )
+            for i in range(plan.num_candidates)
+        ]
+        results = await asyncio.gather(*group.tasks, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, (_Dropped, asyncio.CancelledError)):
+                raise result
+        if group.kept is None:
+            raise RuntimeError(f"group {group_id} ended without a kept set: {results!r}")
+        responses = [results[i] for i in group.kept]
+        self._check_rewards(responses)
+        self._outcomes.append({"group_id": group_id, "prompt": prompt, "outcome": group.outcome().to_dict()})
+        return responses
+
+    async def _run_candidate(self, group, index, prompt, label, sampling_params, max_length, hf_tokenizer, images):
+        _CANDIDATE.set((group, index))  # this task's own context copy
+        try:
+            return await self.executor.execute(
+                prompt=prompt,
+                label=label,
+                sampling_params=sampling_params,
+                max_length=max_length,
+                hf_tokenizer=hf_tokenizer,
+                llm_engine=self,
+                images=images,
+            )
+        except (_Dropped, asyncio.CancelledError):
+            raise
+        except BaseException as error:
+            group.fail(error)
+            raise
+
+    def _check_rewards(self, responses: list[dict]) -> None:
+        # Upstream's executor logs a failed reward call at info level and returns reward=None; a DARTS step fails.
+        if getattr(self.executor, "reward_endpoints", None) and any(r["reward"] is None for r in responses):
+            raise RuntimeError(
+                f"reward call to {self.executor.reward_endpoints} returned no reward for a kept sample; see the "
+                "engine actor's log for the underlying error"
+            )
+
+    def pop_group_outcomes(self) -> list[dict]:
+        """Outcomes of the groups finished since the last call: one call per engine per step."""
+        outcomes, self._outcomes = self._outcomes, []
+        return outcomes
+
+
+DartsRolloutRayActor = ray.remote(DartsRolloutActor)

@@ -1,0 +1,85 @@
+"""Contract-tier fixtures: one real local Ray cluster and one real vLLM CPU engine (the DARTS actor) per test run.
+
+The engine is created through OpenRLHF's own `create_vllm_engines`, with a reward function file that logs every call.
+"""
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+@pytest.fixture(scope="session")
+def reward_log(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("reward") / "calls.log"
+    path.touch()
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(reward_log):
+    import ray
+
+    from openrlhf_darts import compat
+
+    env = compat.ray_runtime_env({"env_vars": {"DARTS_TEST_REWARD_LOG": str(reward_log)}})
+    ray.init(num_cpus=2, num_gpus=1, runtime_env=env, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_model_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_path)
+
+
+@pytest.fixture(scope="session")
+def darts_engine(ray_cluster, tiny_model_path):
+    """One DARTS engine actor on the tiny model, built by upstream's create_vllm_engines, prefix caching on."""
+    from openrlhf_darts import upstream
+    from openrlhf_darts.rollout.rollout_actor import DartsRolloutRayActor
+
+    with upstream.rollout_actor_class(DartsRolloutRayActor):
+        engines = upstream.create_vllm_engines(
+            1, 1, tiny_model_path, 0, False, True, True, 512, None, 0.15, False, None,
+            remote_rm_url=str(ASSETS / "counting_reward.py"),
+        )
+    ray_cluster.get(engines[0].get_num_unfinished_requests.remote())  # wait until the engine is up
+    return engines[0]
+
+
+def stop_token_ids(tokenizer, count: int = 40) -> list[int]:
+    """Ordinary tokens used as extra stop tokens, so the random tiny model stops at varied lengths (~count/1000 a step)."""
+    return list(range(len(tokenizer) - count, len(tokenizer)))
+
+
+def rollout_args(n: int = 4, batch_size: int = 4, dynamic_filtering: bool = False, darts: dict | None = None):
+    """The slice of OpenRLHF's hierarchized args the samples generator reads (names as `train_ppo_ray` defines them)."""
+    return SimpleNamespace(
+        rollout=SimpleNamespace(n_samples_per_prompt=n, batch_size=batch_size, vllm_generate_batch_size=None),
+        vllm=SimpleNamespace(enable_sleep=False),
+        algo=SimpleNamespace(
+            dynamic_filtering_enable=dynamic_filtering,
+            dynamic_filtering_range=[0.0, 1.0],
+            advantage=SimpleNamespace(is_correction_level="off"),
+        ),
+        train=SimpleNamespace(async_enable=False, partial_rollout_enable=False, colocate_all=False),
+        darts=SimpleNamespace(**(darts or {})),
+    )
+
+
+def prompt_batches(prompts: list[str], batch_size: int):
+    """A prompts dataloader in upstream's item format: (datasource, prompts, labels, images) per batch."""
+    return [
+        (["test"] * len(chunk), chunk, [""] * len(chunk), [None] * len(chunk))
+        for chunk in (prompts[i : i + batch_size] for i in range(0, len(prompts), batch_size))
+    ]
+
+
+def count_lines(path: Path) -> int:
+    return len(path.read_text().splitlines())

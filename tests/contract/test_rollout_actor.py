@@ -1,0 +1,130 @@
+"""DartsRolloutActor on a real local Ray cluster and a real vLLM CPU engine (tiny Qwen2), no mocks."""
+
+import pytest
+from conftest import count_lines, stop_token_ids
+
+from openrlhf_darts.core.selection import select_dual_end
+from openrlhf_darts.core.types import Decision, GroupOutcome, GroupPlan
+
+pytestmark = [pytest.mark.contract, pytest.mark.timeout(600)]
+
+PROMPT = "the cat runs over the big dog"
+
+
+def _params(tokenizer, max_tokens=48):
+    from vllm import SamplingParams
+
+    return SamplingParams(temperature=1.0, max_tokens=max_tokens, min_tokens=1, stop_token_ids=stop_token_ids(tokenizer))
+
+
+def _run_group(ray_cluster, engine, tokenizer, plan, max_tokens=48):
+    responses = ray_cluster.get(
+        engine.generate_group.remote(
+            prompt=PROMPT,
+            label="",
+            sampling_params=_params(tokenizer, max_tokens),
+            max_length=512,
+            hf_tokenizer=tokenizer,
+            plan=plan,
+            group_id=7,
+        )
+    )
+    records = ray_cluster.get(engine.pop_group_outcomes.remote())
+    assert [r["group_id"] for r in records] == [7]
+    return responses, GroupOutcome.from_dict(records[0]["outcome"])
+
+
+def _response_length(response) -> int:
+    start, end = response["action_ranges"][0]
+    return end - start
+
+
+def test_shortest_only_keeps_n_shortest_and_aborts_the_rest(ray_cluster, darts_engine, tokenizer, reward_log):
+    plan = GroupPlan(num_candidates=12, num_keep=4, num_long=0)
+    calls_before = count_lines(reward_log)
+    responses, outcome = _run_group(ray_cluster, darts_engine, tokenizer, plan)
+
+    assert len(responses) == plan.num_keep
+    # Kept responses are the kept candidates, in ascending index, with the lengths the outcome recorded.
+    assert [_response_length(r) for r in responses] == list(outcome.kept_lengths)
+    finished = [i for i in range(12) if not outcome.aborted[i]]
+    valid = sorted((outcome.lengths[i], i) for i in finished if not outcome.truncated[i])
+    if len(valid) >= plan.num_keep:
+        # The n shortest untruncated finished candidates, ties by index (spec 3(c)).
+        assert list(outcome.kept) == sorted(i for _, i in valid[: plan.num_keep])
+        longest_kept = max(outcome.kept_lengths)
+        for i in range(12):
+            if outcome.aborted[i]:
+                # Aborted once every running candidate had passed the release length; a few tokens may still arrive
+                # between the decision and vLLM processing the abort.
+                assert outcome.lengths[i] <= longest_kept + 8, (i, outcome.lengths[i], longest_kept)
+                assert outcome.decisions[i] is Decision.ABORTED
+    # Only kept samples were scored: one reward call each.
+    assert count_lines(reward_log) - calls_before == plan.num_keep
+    assert all(r["reward"] is not None for r in responses)
+    assert ray_cluster.get(darts_engine.get_num_unfinished_requests.remote()) == 0
+
+
+def test_shortest_only_aborts_happen(ray_cluster, darts_engine, tokenizer):
+    # 16 candidates, keep 2, cap 200 tokens: the 2nd shortest of 16 geometric(~4%) lengths is far below the cap, so
+    # the group must stop early and abort most candidates. Aborted tokens are the waste the outcome reports.
+    plan = GroupPlan(num_candidates=16, num_keep=2, num_long=0)
+    _, outcome = _run_group(ray_cluster, darts_engine, tokenizer, plan, max_tokens=200)
+    assert outcome.num_aborted >= 1
+    assert outcome.tokens_wasted == outcome.tokens_generated - outcome.tokens_kept
+    assert outcome.tokens_wasted >= sum(l for l, a in zip(outcome.lengths, outcome.aborted) if a)
+    assert ray_cluster.get(darts_engine.get_num_unfinished_requests.remote()) == 0
+
+
+def test_dual_end_keeps_k_shortest_and_l_longest(ray_cluster, darts_engine, tokenizer, reward_log):
+    plan = GroupPlan(num_candidates=10, num_keep=6, num_long=2)
+    calls_before = count_lines(reward_log)
+    responses, outcome = _run_group(ray_cluster, darts_engine, tokenizer, plan)
+    assert len(responses) == 6
+    assert outcome.num_aborted == 0  # dual-end groups run every candidate to the end
+    assert list(outcome.kept) == select_dual_end(outcome.lengths, outcome.truncated, 6, 2)
+    if sum(not t for t in outcome.truncated) >= 6:
+        # Enough untruncated candidates: none of the kept is truncated (spec 3(b)).
+        assert not any(outcome.truncated[i] for i in outcome.kept)
+    assert count_lines(reward_log) - calls_before == 6
+
+
+def test_pass_through_plan_keeps_every_candidate(ray_cluster, darts_engine, tokenizer):
+    plan = GroupPlan.uniform(4)
+    responses, outcome = _run_group(ray_cluster, darts_engine, tokenizer, plan)
+    assert list(outcome.kept) == [0, 1, 2, 3] and outcome.tokens_wasted == 0
+    assert len(responses) == 4
+
+
+def test_invalid_plan_is_rejected_before_generation(ray_cluster, darts_engine, tokenizer, reward_log):
+    calls_before = count_lines(reward_log)
+    with pytest.raises(ValueError, match="num_keep=4 exceeds num_candidates=3"):
+        ray_cluster.get(
+            darts_engine.generate_group.remote(
+                prompt=PROMPT,
+                label="",
+                sampling_params=_params(tokenizer),
+                max_length=512,
+                hf_tokenizer=tokenizer,
+                plan={"num_candidates": 3, "num_keep": 4, "num_long": 0},
+            )
+        )
+    assert count_lines(reward_log) == calls_before
+    assert ray_cluster.get(darts_engine.pop_group_outcomes.remote()) == []
+
+
+def test_upstream_generate_responses_is_untouched(ray_cluster, darts_engine, tokenizer):
+    # Evaluation and upstream callers go through generate_responses: n samples, upstream's dict, no outcome recorded.
+    responses = ray_cluster.get(
+        darts_engine.generate_responses.remote(
+            prompt=PROMPT,
+            label="",
+            sampling_params=_params(tokenizer),
+            max_length=512,
+            hf_tokenizer=tokenizer,
+            num_samples=3,
+        )
+    )
+    assert len(responses) == 3
+    assert set(responses[0]) >= {"observation_tokens", "action_ranges", "truncated", "reward", "scores", "extra_logs"}
+    assert ray_cluster.get(darts_engine.pop_group_outcomes.remote()) == []
