@@ -51,11 +51,14 @@ class GroupPlanner:
             counts = allocate_candidates(weights, budget, config.min_candidates, config.max_candidates)
         else:
             counts = [config.min_candidates] * len(prompts)
+        # Tail pruning singles out prompts the allocation saturated; with M_low == M_up nothing was allocated, and
+        # every prompt sitting "at the cap" must not turn the whole batch shortest-only.
+        schedule = config.tail_prune if config.allocation_active else "off"
         plans = [
             GroupPlan(
                 num_candidates=m,
                 num_keep=n,
-                num_long=num_long_for(m, config.max_candidates, config.num_long, config.tail_prune, num_keep=n),
+                num_long=num_long_for(m, config.max_candidates, config.num_long, schedule, num_keep=n),
             )
             for m in counts
         ]

@@ -1,0 +1,194 @@
+"""The candidate budget M_total (DARTS_SPEC.md §3(e)).
+
+``fixed_budget`` is the default: M_total = round(avg * N). ``utility_budget`` picks the average M̄ that maximizes
+U(M̄) = E(M̄) - λ·T(M̄) by replaying recorded candidate lengths through selection and the cost model:
+
+- E(M̄): relative reduction of the kept set's mean length against M̄ = M (no redundancy, every candidate kept);
+- T(M̄): the step's rollout time (the slowest engine's) divided by its value at M̄ = M.
+
+Both are means over bootstrap draws. The draws are shared by every grid point (common random numbers): a prompt with m
+candidates uses the first m of its drawn candidates, so differences between grid points are not sampling noise.
+"""
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from openrlhf_darts.core._checks import check_bool, check_choice, check_int, check_real, check_sequence
+from openrlhf_darts.core.allocation import TAIL_PRUNE_SCHEDULES, allocate_candidates, num_long_for
+from openrlhf_darts.core.cost_model import _effective_lengths, _rollout_time
+from openrlhf_darts.core.selection import _select
+from openrlhf_darts.core.types import GroupPlan
+
+MAX_GRID_POINTS = 64
+
+
+def fixed_budget(num_prompts: int, avg_candidates: float, min_candidates: int, max_candidates: int) -> int:
+    """M_total = round(avg_candidates * num_prompts) (§3(e), fixed mode); avg must lie in [min, max]."""
+    check_int("num_prompts", num_prompts, minimum=1)
+    check_real("--darts.avg_candidates", avg_candidates)
+    _check_bounds(min_candidates, max_candidates)
+    if not min_candidates <= avg_candidates <= max_candidates:
+        raise ValueError(
+            f"--darts.avg_candidates={avg_candidates} is outside [--darts.min_candidates, --darts.max_candidates] = "
+            f"[{min_candidates}, {max_candidates}]; set an average inside the bounds"
+        )
+    # avg * N lies between the integers N * min and N * max, so rounding cannot leave the range.
+    return round(avg_candidates * num_prompts)
+
+
+@dataclass(frozen=True)
+class BudgetChoice:
+    """The budget ``utility_budget`` chose and the utility curve behind it (§3(e))."""
+
+    budget: int  # M_total, candidates for the whole step
+    avg_candidates: float  # M̄ = M_total / N
+    utility: float  # U(M̄) = effectiveness - cost_weight * time_ratio
+    effectiveness: float  # E(M̄): relative reduction of the kept mean length against M̄ = M
+    time_ratio: float  # T(M̄) / T(M)
+    grid: tuple[tuple[float, float], ...]  # [G] (M̄, U(M̄)) for every grid point, M̄ ascending
+
+    def __post_init__(self) -> None:
+        check_int("budget", self.budget, minimum=1)
+        for name in ("avg_candidates", "utility", "effectiveness", "time_ratio"):
+            object.__setattr__(self, name, check_real(name, getattr(self, name)))
+        if not isinstance(self.grid, tuple) or len(self.grid) == 0:
+            raise ValueError(f"grid={self.grid!r} must be a non-empty tuple of (avg_candidates, utility) pairs")
+
+
+def utility_budget(
+    history: Sequence[Sequence[tuple[int, bool]]],
+    num_prompts: int,
+    num_keep: int,
+    num_long: int,
+    min_candidates: int,
+    max_candidates: int,
+    cost_weight: float,
+    per_token_latency: Callable[[int], float],
+    num_engines: int = 1,
+    tail_prune: str = "paper",
+    draws: int = 8,
+    seed: int = 0,
+) -> BudgetChoice:
+    """argmax over a grid of M̄ in [min_candidates, max_candidates] of U = E - cost_weight * T (§3(e), utility mode).
+
+    ``history`` holds, per recorded prompt, its candidates' (length, truncated) observations; record candidates that
+    ran to their end, since aborted partial lengths would understate the tail. Each draw picks a recorded prompt for
+    each of the ``num_prompts`` simulated prompts and resamples its candidates with replacement. M_total is spread
+    evenly over the prompts (``allocate_candidates`` with equal weights), L_i follows ``tail_prune``, and prompts go to
+    ``num_engines`` engines round robin; a step lasts as long as its slowest engine. The grid has steps of 1/N, thinned
+    to at most 64 points; ties go to the smaller budget.
+    """
+    check_int("num_prompts", num_prompts, minimum=1)
+    check_int("num_keep", num_keep, minimum=1)
+    _check_bounds(min_candidates, max_candidates)
+    if min_candidates < num_keep:
+        raise ValueError(
+            f"min_candidates={min_candidates} is below num_keep={num_keep}; every prompt needs at least num_keep "
+            "candidates (the paper uses min_candidates = num_keep)"
+        )
+    check_choice("tail_prune", tail_prune, TAIL_PRUNE_SCHEDULES)
+    num_long_for(min_candidates, max_candidates, num_long, tail_prune, num_keep=num_keep)  # checks num_long
+    cost_weight = check_real("cost_weight", cost_weight, minimum=0.0)
+    if not callable(per_token_latency):
+        raise TypeError(f"per_token_latency={per_token_latency!r} is not callable; expected a PerTokenLatency")
+    check_int("num_engines", num_engines, minimum=1)
+    check_int("draws", draws, minimum=1)
+    check_int("seed", seed)
+    observations = _check_history(history)
+
+    rng = random.Random(seed)
+    samples = []  # [draws][num_prompts][max_candidates] (length, truncated)
+    for _ in range(draws):
+        drawn = []
+        for _ in range(num_prompts):
+            prompt = observations[rng.randrange(len(observations))]
+            drawn.append([prompt[rng.randrange(len(prompt))] for _ in range(max_candidates)])
+        samples.append(drawn)
+
+    latency_cache: dict[int, float] = {}
+
+    def cached_latency(num_running: int) -> float:
+        # The same concurrencies recur across draws and grid points; the profile is a pure function of them.
+        if num_running not in latency_cache:
+            latency_cache[num_running] = per_token_latency(num_running)
+        return latency_cache[num_running]
+
+    def simulate(plans: list[GroupPlan]) -> tuple[float, float]:
+        """Mean kept length and mean step time over the draws, for one plan per prompt."""
+        kept_total, kept_count, time_total = 0, 0, 0.0
+        for drawn in samples:
+            engines: list[list[int]] = [[] for _ in range(num_engines)]
+            for p, plan in enumerate(plans):
+                group = drawn[p][: plan.num_candidates]
+                lengths = [length for length, _ in group]
+                truncated = [cut for _, cut in group]
+                kept = _select(lengths, truncated, plan.num_keep, plan.num_long)
+                kept_total += sum(lengths[j] for j in kept)
+                kept_count += len(kept)
+                engines[p % num_engines].extend(_effective_lengths(lengths, truncated, plan))
+            time_total += max(_rollout_time(engine_lengths, cached_latency) for engine_lengths in engines)
+        return kept_total / kept_count, time_total / len(samples)
+
+    base_kept, base_time = simulate([GroupPlan.uniform(num_keep)] * num_prompts)
+    best: tuple[float, int, float, float] | None = None  # (utility, budget, effectiveness, time_ratio)
+    grid = []
+    for budget in _grid_budgets(num_prompts, min_candidates, max_candidates):
+        counts = allocate_candidates([1.0] * num_prompts, budget, min_candidates, max_candidates)
+        plans = [
+            GroupPlan(m, num_keep, num_long_for(m, max_candidates, num_long, tail_prune, num_keep=num_keep))
+            for m in counts
+        ]
+        kept_mean, step_time = simulate(plans)
+        # All-zero lengths make both baselines 0: nothing to shorten, and every budget then costs the same.
+        effectiveness = (base_kept - kept_mean) / base_kept if base_kept > 0 else 0.0
+        time_ratio = step_time / base_time if base_time > 0 else 1.0
+        utility = effectiveness - cost_weight * time_ratio
+        grid.append((budget / num_prompts, utility))
+        if best is None or utility > best[0]:  # strict: ties keep the smaller, cheaper budget
+            best = (utility, budget, effectiveness, time_ratio)
+    assert best is not None  # the grid always holds N * min_candidates
+    utility, budget, effectiveness, time_ratio = best
+    return BudgetChoice(budget, budget / num_prompts, utility, effectiveness, time_ratio, grid=tuple(grid))
+
+
+def _check_bounds(min_candidates: int, max_candidates: int) -> None:
+    check_int("min_candidates", min_candidates, minimum=1)
+    check_int("max_candidates", max_candidates)
+    if min_candidates > max_candidates:
+        raise ValueError(
+            f"min_candidates={min_candidates} exceeds max_candidates={max_candidates}; "
+            "set min_candidates <= max_candidates (the paper uses n and 2n)"
+        )
+
+
+def _check_history(history: Sequence[Sequence[tuple[int, bool]]]) -> list[list[tuple[int, bool]]]:
+    check_sequence("history", history)
+    if len(history) == 0:
+        raise ValueError("history=[] is empty; expected the candidate lengths of at least one recorded prompt")
+    observations = []
+    for i, prompt in enumerate(history):
+        check_sequence(f"history[{i}]", prompt)
+        if len(prompt) == 0:
+            raise ValueError(f"history[{i}]=[] is empty; expected at least one (length, truncated) observation")
+        checked = []
+        for j, observation in enumerate(prompt):
+            check_sequence(f"history[{i}][{j}]", observation)
+            if len(observation) != 2:
+                raise ValueError(
+                    f"history[{i}][{j}]={observation!r} has {len(observation)} entries; expected (length, truncated)"
+                )
+            length = check_int(f"history[{i}][{j}] length", observation[0], minimum=0)
+            cut = check_bool(f"history[{i}][{j}] truncated", observation[1])
+            checked.append((length, cut))
+        observations.append(checked)
+    return observations
+
+
+def _grid_budgets(num_prompts: int, min_candidates: int, max_candidates: int) -> list[int]:
+    """Budgets N * min .. N * max in steps of 1 (M̄ in steps of 1/N), thinned evenly to at most 64, both ends kept."""
+    low, high = num_prompts * min_candidates, num_prompts * max_candidates
+    if high - low + 1 <= MAX_GRID_POINTS:
+        return list(range(low, high + 1))
+    span = high - low
+    return sorted({low + round(k * span / (MAX_GRID_POINTS - 1)) for k in range(MAX_GRID_POINTS)})

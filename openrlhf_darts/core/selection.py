@@ -1,0 +1,152 @@
+"""Dual-end selection and its online form (DARTS_SPEC.md §3(b) and §3(c)).
+
+``select_dual_end`` is the offline rule: given every candidate's length and truncation flag, keep exactly M. The
+``GroupSelector`` sees the same candidates one finish at a time and tells the engine actor when a shortest-only group
+may stop early; fed every finish, it keeps exactly what ``select_dual_end`` keeps.
+"""
+
+from collections.abc import Sequence
+
+from openrlhf_darts.core._checks import check_bool, check_flags, check_int, check_lengths, check_sequence
+from openrlhf_darts.core.types import GroupPlan
+
+
+def select_dual_end(lengths: Sequence[int], truncated: Sequence[bool], num_keep: int, num_long: int) -> list[int]:
+    """Keep the K = num_keep - num_long shortest and the L = num_long longest untruncated candidates (§3(b)).
+
+    Candidates are ordered by (length, index). With fewer than num_keep untruncated candidates, all of them are kept
+    and the group is filled with the truncated candidates of lowest index. Returns num_keep distinct indices,
+    ascending.
+    """
+    lengths = check_lengths("lengths", lengths)
+    truncated = check_flags("truncated", truncated, len(lengths), "lengths")
+    check_int("num_keep", num_keep, minimum=1)
+    check_int("num_long", num_long)
+    if not 0 <= num_long < num_keep:
+        raise ValueError(
+            f"num_long={num_long} is outside [0, num_keep) = [0, {num_keep}); "
+            "at least one candidate must come from the short end"
+        )
+    if len(lengths) < num_keep:
+        raise ValueError(
+            f"num_keep={num_keep} exceeds the {len(lengths)} candidates given; "
+            "a group needs at least num_keep candidates"
+        )
+    return _select(lengths, truncated, num_keep, num_long)
+
+
+def _select(lengths: Sequence[int], truncated: Sequence[bool], num_keep: int, num_long: int) -> list[int]:
+    # Unchecked body of select_dual_end, shared with the budget simulation where the inputs are known good.
+    valid = sorted((length, j) for j, (length, cut) in enumerate(zip(lengths, truncated)) if not cut)
+    if len(valid) >= num_keep:
+        # num_short + num_long = num_keep <= len(valid), so the two slices are disjoint.
+        chosen = [j for _, j in valid[: num_keep - num_long]] + [j for _, j in valid[len(valid) - num_long :]]
+    else:
+        fill = [j for j, cut in enumerate(truncated) if cut][: num_keep - len(valid)]
+        chosen = [j for _, j in valid] + fill
+    return sorted(chosen)
+
+
+def is_underfilled(truncated: Sequence[bool], num_keep: int) -> bool:
+    """True when fewer than num_keep candidates are untruncated, so the fill branch of §3(b) runs."""
+    check_int("num_keep", num_keep, minimum=1)
+    check_sequence("truncated", truncated)
+    for j, cut in enumerate(truncated):
+        check_bool(f"truncated[{j}]", cut)
+    return sum(1 for cut in truncated if not cut) < num_keep
+
+
+class GroupSelector:
+    """Online dual-end selection for one group, fed finish events in completion order (§3(c)).
+
+    It sees finishes only. ``can_abort`` turns true as soon as a shortest-only group has num_keep valid finishes; the
+    engine actor, which also sees running candidates' progress, aborts only once every running candidate has generated
+    at least ``release_length()`` tokens, so none of them can still finish shorter.
+    """
+
+    def __init__(self, plan: GroupPlan) -> None:
+        if not isinstance(plan, GroupPlan):
+            raise TypeError(f"plan={plan!r} has type {type(plan).__name__}; expected a GroupPlan")
+        self.plan = plan
+        self._lengths: dict[int, int] = {}  # candidate index -> generated tokens, in completion order
+        self._truncated: dict[int, bool] = {}
+        self._valid: list[tuple[int, int]] = []  # (length, index) of untruncated finishes, kept sorted
+
+    def on_finish(self, index: int, length: int, truncated: bool) -> None:
+        """Record that candidate ``index`` stopped by itself (EOS or the length cap) after ``length`` tokens."""
+        check_int("index", index, minimum=0)
+        if index >= self.plan.num_candidates:
+            raise ValueError(
+                f"index={index} is out of range; expected a candidate index in [0, {self.plan.num_candidates})"
+            )
+        if index in self._lengths:
+            raise ValueError(f"candidate index={index} finished twice; each candidate finishes at most once")
+        check_int("length", length, minimum=0)
+        check_bool("truncated", truncated)
+        self._lengths[index] = length
+        self._truncated[index] = truncated
+        if not truncated:
+            # Groups are small (M'_i <= 2M), so an insertion sort step is cheaper than a heap.
+            self._valid.append((length, index))
+            self._valid.sort()
+
+    @property
+    def num_finished(self) -> int:
+        return len(self._lengths)
+
+    @property
+    def finished_indices(self) -> tuple[int, ...]:
+        """Indices of the finished candidates, ascending."""
+        return tuple(sorted(self._lengths))
+
+    @property
+    def done(self) -> bool:
+        """Every candidate has finished."""
+        return len(self._lengths) == self.plan.num_candidates
+
+    def can_abort(self) -> bool:
+        """A shortest-only group has num_keep valid finishes, so its surplus may be aborted (subject to the guard)."""
+        return self.plan.shortest_only and len(self._valid) >= self.plan.num_keep
+
+    def release_length(self) -> int | None:
+        """Length of the num_keep-th shortest valid finish, or None while fewer than num_keep valid ones finished.
+
+        No running candidate that has generated at least this many tokens can enter the M shortest any more.
+        """
+        if len(self._valid) < self.plan.num_keep:
+            return None
+        return self._valid[self.plan.num_keep - 1][0]
+
+    def short_end_final(self, min_running_progress: int | None) -> list[int] | None:
+        """The K = num_short shortest valid finishes, once no running candidate can displace them; else None (§3(b)).
+
+        ``min_running_progress`` is the fewest tokens any still-running candidate has generated, or None when nothing
+        runs. A running candidate ends at least that long, so when the K-th shortest valid finish is no longer, the K
+        are final: they are kept whatever the rest does, since the fill branch keeps every valid candidate too. A
+        running candidate can at most tie the K-th length, and then the finished one is preferred, as in the abort
+        rule.
+        """
+        if min_running_progress is not None:
+            check_int("min_running_progress", min_running_progress, minimum=0)
+        num_short = self.plan.num_short
+        if len(self._valid) < num_short:
+            return None
+        if min_running_progress is not None and self._valid[num_short - 1][0] > min_running_progress:
+            return None
+        return sorted(j for _, j in self._valid[:num_short])
+
+    def kept(self) -> list[int]:
+        """``select_dual_end`` over the finished candidates, as candidate indices, ascending."""
+        if len(self._lengths) < self.plan.num_keep:
+            raise ValueError(
+                f"only {len(self._lengths)} candidates finished but num_keep={self.plan.num_keep}; "
+                "kept() needs at least num_keep finished candidates"
+            )
+        finished = sorted(self._lengths)  # ascending, so index tie-breaks carry over to candidate indices
+        positions = _select(
+            [self._lengths[j] for j in finished],
+            [self._truncated[j] for j in finished],
+            self.plan.num_keep,
+            self.plan.num_long,
+        )
+        return [finished[p] for p in positions]

@@ -1,0 +1,182 @@
+"""The candidate budget M_total of §3(e): fixed mode and the utility argmax U = E - λ·T."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from openrlhf_darts.core.budget import BudgetChoice, fixed_budget, utility_budget
+
+pytestmark = pytest.mark.unit
+
+
+def one_plus_r(num_running):
+    """PTL(r) = 1 + r: strictly increasing, with round numbers for hand arithmetic."""
+    return 1.0 + num_running
+
+
+def linear(num_running):
+    return 0.010 + 0.001 * num_running
+
+
+# ---- fixed
+
+
+def test_hand_example_fixed_budget():
+    assert fixed_budget(10, 10, 8, 16) == 100  # 10 * 10
+    assert fixed_budget(4, 12.25, 8, 16) == 49  # 12.25 * 4 = 49.0
+    assert fixed_budget(2, 8.25, 8, 16) == 16  # 8.25 * 2 = 16.5, Python's round() goes to the even 16
+    assert fixed_budget(3, 16, 8, 16) == 48  # avg at the upper bound is allowed: 3 * 16
+
+
+@pytest.mark.parametrize(
+    "args, error, message",
+    [
+        ((10, 7, 8, 16), ValueError, "--darts.avg_candidates=7 is outside"),
+        ((10, 16.5, 8, 16), ValueError, "[--darts.min_candidates, --darts.max_candidates] = [8, 16]"),
+        ((10, float("nan"), 8, 16), ValueError, "--darts.avg_candidates=nan is not finite"),
+        ((10, 10, 12, 8), ValueError, "min_candidates=12 exceeds max_candidates=8"),
+        ((0, 10, 8, 16), ValueError, "num_prompts=0 is below 1"),
+    ],
+)
+def test_fixed_budget_rejects_bad_input(args, error, message):
+    with pytest.raises(error) as info:
+        fixed_budget(*args)
+    assert message in str(info.value)
+
+
+# ---- utility
+
+
+def test_hand_example_utility_budget_one_engine():
+    # Every recorded length is 3, so E = 0 everywhere and every candidate decodes exactly 3 steps.
+    # Baseline M = 2 for N = 2 prompts: 4 sequences, T = 3 * PTL(4) = 3 * 5 = 15.
+    # Budget B in 4..8 runs B sequences: T = 3 * (1 + B), ratio (1 + B) / 5 = 1.0, 1.2, 1.4, 1.6, 1.8.
+    # U = 0 - 1 * ratio, so the cheapest budget B = 4 (average 2.0) wins with U = -1.
+    choice = utility_budget(
+        [[(3, False), (3, False)]], num_prompts=2, num_keep=2, num_long=1, min_candidates=2, max_candidates=4,
+        cost_weight=1.0, per_token_latency=one_plus_r, tail_prune="off",
+    )  # fmt: skip
+    assert (choice.budget, choice.avg_candidates, choice.effectiveness, choice.time_ratio) == (4, 2.0, 0.0, 1.0)
+    assert choice.utility == -1.0
+    assert [avg for avg, _ in choice.grid] == [2.0, 2.5, 3.0, 3.5, 4.0]
+    assert [u for _, u in choice.grid] == pytest.approx([-1.0, -1.2, -1.4, -1.6, -1.8])
+
+
+def test_hand_example_utility_budget_takes_the_slowest_engine():
+    # Same data, 2 engines, prompts round robin (prompt 0 -> engine 0, prompt 1 -> engine 1), bounds [2, 3].
+    # Baseline: each engine runs 2 sequences of 3 tokens: 3 * PTL(2) = 9; the step takes max(9, 9) = 9.
+    # B = 4: same, ratio 1. B = 5: allocation [3, 2] (tie -> smallest index), engine 0 runs 3 sequences:
+    # 3 * PTL(3) = 12, the step takes max(12, 9) = 12, ratio 12 / 9 = 4/3. B = 6: [3, 3], both 12, ratio 4/3.
+    choice = utility_budget(
+        [[(3, False)]], num_prompts=2, num_keep=2, num_long=1, min_candidates=2, max_candidates=3,
+        cost_weight=1.0, per_token_latency=one_plus_r, num_engines=2, tail_prune="off",
+    )  # fmt: skip
+    assert choice.budget == 4 and choice.time_ratio == 1.0
+    assert [u for _, u in choice.grid] == pytest.approx([-1.0, -4 / 3, -4 / 3])
+
+
+def decode_history(raw: bytes):
+    """Per recorded prompt, 1-6 candidates with lengths 1-40 and no truncation, decoded from bytes (as in
+    test_selection)."""
+    history, pos = [], 0
+    while pos < len(raw):
+        size = 1 + raw[pos] % 6
+        history.append([(1 + b % 40, False) for b in raw[pos + 1 : pos + 1 + size]] or [(1, False)])
+        pos += 1 + size
+    return history or [[(1, False)]]
+
+
+histories = st.binary(max_size=24).map(decode_history)
+
+
+@given(histories, st.integers(1, 3), st.integers(2, 3), st.integers(0, 3), st.integers(0, 2**16))
+def test_huge_cost_weight_picks_the_smallest_budget(history, num_prompts, num_keep, span, seed):
+    # All groups dual-end (L = 1, no pruning) and all lengths >= 1: one more candidate adds a running sequence on
+    # every step of its decode, and PTL strictly increases, so T strictly grows with the budget. With λ = 1e9 the
+    # time term dominates any E in [-40, 1].
+    choice = utility_budget(
+        history, num_prompts, num_keep, 1, num_keep, num_keep + span, 1e9, linear, tail_prune="off", draws=2,
+        seed=seed,
+    )  # fmt: skip
+    assert choice.budget == num_prompts * num_keep
+    utilities = [u for _, u in choice.grid]
+    assert all(a > b for a, b in zip(utilities, utilities[1:]))
+
+
+@given(histories, st.integers(1, 3), st.integers(1, 3), st.integers(0, 3), st.sampled_from(["paper", "off"]))
+def test_zero_cost_weight_picks_the_budget_maximizing_effectiveness(history, num_prompts, num_keep, span, schedule):
+    # Shortest-only groups (num_long = 0; "graded" is excluded because it sets L from M'_i and ignores num_long)
+    # without truncation keep the num_keep shortest of their candidates. One more
+    # candidate (greedy allocation adds exactly one unit per budget step, and draws are shared across budgets) can
+    # only lower that set's sum, so E is non-decreasing in the budget and U = E when λ = 0.
+    choice = utility_budget(
+        history, num_prompts, num_keep, 0, num_keep, num_keep + span, 0.0, linear, tail_prune=schedule, draws=3
+    )
+    utilities = [u for _, u in choice.grid]
+    assert all(a <= b for a, b in zip(utilities, utilities[1:]))
+    assert choice.utility == choice.effectiveness == max(utilities)
+    assert choice.avg_candidates == choice.grid[utilities.index(max(utilities))][0]  # ties -> the smaller budget
+
+
+@given(histories, st.floats(0.0, 10.0), st.integers(1, 3), st.sampled_from(["paper", "graded", "off"]))
+def test_choice_is_consistent(history, cost_weight, num_engines, schedule):
+    choice = utility_budget(history, 3, 2, 1, 2, 4, cost_weight, linear, num_engines, schedule, draws=2)
+    assert choice.utility == pytest.approx(choice.effectiveness - cost_weight * choice.time_ratio)
+    assert (choice.avg_candidates, choice.utility) in choice.grid
+    assert choice.budget == round(choice.avg_candidates * 3) and 6 <= choice.budget <= 12
+
+
+def test_a_fixed_seed_reproduces_the_choice():
+    history = [[(5, False), (9, False), (30, True)], [(2, False), (40, False)]]
+    runs = [utility_budget(history, 4, 2, 1, 2, 4, 0.3, linear, num_engines=2, seed=7) for _ in range(2)]
+    assert runs[0] == runs[1]
+
+
+def test_grid_is_thinned_to_64_points_with_both_ends():
+    # N = 100 and bounds [8, 16] give 801 budgets in steps of 1/N; the grid keeps 64, from 8.0 to 16.0.
+    choice = utility_budget([[(5, False), (9, False)]], 100, 8, 1, 8, 16, 0.1, linear, draws=1)
+    averages = [avg for avg, _ in choice.grid]
+    assert len(averages) == 64 and averages[0] == 8.0 and averages[-1] == 16.0
+    assert all(a < b for a, b in zip(averages, averages[1:]))
+
+
+def test_all_zero_lengths_cost_the_same_everywhere():
+    # Nothing to shorten (E = 0) and nothing to decode (T = 0, ratio taken as 1): U = -λ at every budget.
+    choice = utility_budget([[(0, False)]], 2, 2, 1, 2, 3, 0.5, linear)
+    assert choice.budget == 4 and [u for _, u in choice.grid] == [-0.5, -0.5, -0.5]
+
+
+@pytest.mark.parametrize(
+    "changes, error, message",
+    [
+        (dict(cost_weight=-1.0), ValueError, "cost_weight=-1.0 is below 0.0"),
+        (dict(cost_weight=float("inf")), ValueError, "cost_weight=inf is not finite"),
+        (dict(history=[]), ValueError, "history=[] is empty"),
+        (dict(history=[[(3, False)], []]), ValueError, "history[1]=[] is empty"),
+        (dict(history=[[(3, False), (-1, False)]]), ValueError, "history[0][1] length=-1 is below 0"),
+        (dict(history=[[(3, 0)]]), TypeError, "history[0][0] truncated=0"),
+        (dict(history=[[(3, False, 1)]]), ValueError, "history[0][0]=(3, False, 1) has 3 entries"),
+        (dict(min_candidates=1), ValueError, "min_candidates=1 is below num_keep=2"),
+        (dict(num_long=2), ValueError, "num_long=2 is not below num_keep=2"),
+        (dict(per_token_latency=0.01), TypeError, "per_token_latency=0.01 is not callable"),
+        (dict(num_engines=0), ValueError, "num_engines=0 is below 1"),
+        (dict(draws=0), ValueError, "draws=0 is below 1"),
+        (dict(tail_prune="never"), ValueError, "tail_prune='never' is not one of ['paper', 'graded', 'off']"),
+        (dict(max_candidates=1), ValueError, "min_candidates=2 exceeds max_candidates=1"),
+    ],
+)
+def test_utility_budget_rejects_bad_input(changes, error, message):
+    kwargs = dict(
+        history=[[(3, False), (5, False)]], num_prompts=2, num_keep=2, num_long=1, min_candidates=2, max_candidates=4,
+        cost_weight=0.5, per_token_latency=linear,
+    )  # fmt: skip
+    with pytest.raises(error) as info:
+        utility_budget(**{**kwargs, **changes})
+    assert message in str(info.value)
+
+
+def test_budget_choice_is_validated():
+    with pytest.raises(ValueError, match="grid=()"):
+        BudgetChoice(4, 2.0, -1.0, 0.0, 1.0, grid=())
+    with pytest.raises(ValueError, match="utility=nan is not finite"):
+        BudgetChoice(4, 2.0, float("nan"), 0.0, 1.0, grid=((2.0, -1.0),))

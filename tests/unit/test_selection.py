@@ -1,0 +1,299 @@
+"""Dual-end selection (§3(b)) and its online form, the GroupSelector (§3(c))."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from openrlhf_darts.core.selection import GroupSelector, is_underfilled, select_dual_end
+from openrlhf_darts.core.types import GroupPlan
+
+pytestmark = pytest.mark.unit
+
+
+def decode_group(raw: bytes, allow_truncated: bool = True):
+    """(lengths, truncated, num_keep, num_long) from 35 bytes, with 1 <= num_keep <= 8 <= ... and M' in [num_keep, 16].
+
+    One byte string is ~3x cheaper for hypothesis to draw than lists of ints, which keeps 1,000 examples per property
+    inside the suite's time budget; it still shrinks toward short, all-zero groups. Lengths lie in [0, 40], so ties
+    are common, and about 3 in 8 candidates are truncated.
+    """
+    num_keep = 1 + raw[0] % 8
+    num_candidates = num_keep + raw[1] % (17 - num_keep)
+    num_long = raw[2] % num_keep
+    lengths = [b % 41 for b in raw[3 : 3 + num_candidates]]
+    truncated = [allow_truncated and b >= 160 for b in raw[19 : 19 + num_candidates]]
+    return lengths, truncated, num_keep, num_long
+
+
+def groups(allow_truncated: bool = True):
+    return st.binary(min_size=35, max_size=35).map(lambda raw: decode_group(raw, allow_truncated))
+
+
+def key(lengths, j):
+    return (lengths[j], j)
+
+
+# ---- offline rule
+
+
+def test_hand_example_dual_end():
+    # Sorted by (length, index): (3,2) (5,0) (7,3) (9,1) (11,4). num_keep=3, num_long=1, so K=2:
+    # short end = indices 2, 0; long end = index 4. Ascending: [0, 2, 4].
+    assert select_dual_end([5, 9, 3, 7, 11], [False] * 5, num_keep=3, num_long=1) == [0, 2, 4]
+
+
+def test_hand_example_excludes_truncated_when_enough_valid():
+    # Index 4 (length 2) is truncated, so U = (3,2) (5,0) (7,3) (9,1). K=1 -> [2], L=1 -> [1]. Result [1, 2].
+    assert select_dual_end([5, 9, 3, 7, 2], [False, False, False, False, True], num_keep=2, num_long=1) == [1, 2]
+
+
+def test_hand_example_fill_branch_takes_lowest_index_truncated():
+    # Only index 2 is valid; num_keep=3 needs 2 fillers, the truncated ones of lowest index: 0 and 1 -> [0, 1, 2].
+    truncated = [True, True, False, True, True]
+    assert select_dual_end([8, 8, 3, 8, 8], truncated, num_keep=3, num_long=1) == [0, 1, 2]
+    assert is_underfilled(truncated, 3)  # 1 valid < 3
+    assert not is_underfilled(truncated, 1)  # 1 valid >= 1
+
+
+def test_hand_example_ties_broken_by_index():
+    # All lengths equal, so order is by index: K=2 shortest -> [0, 1]; L=1 longest -> [3].
+    assert select_dual_end([4, 4, 4, 4], [False] * 4, num_keep=3, num_long=1) == [0, 1, 3]
+
+
+def test_passes_through_when_num_candidates_equals_num_keep():
+    # M' = M: whatever the lengths, flags or L, every candidate is kept (§3(a)).
+    assert select_dual_end([9, 1, 5], [True, False, False], num_keep=3, num_long=2) == [0, 1, 2]
+
+
+@given(groups())
+def test_keeps_exactly_num_keep_distinct_sorted_indices(group):
+    lengths, truncated, num_keep, num_long = group
+    kept = select_dual_end(lengths, truncated, num_keep, num_long)
+    assert len(kept) == num_keep
+    assert kept == sorted(set(kept))
+    assert all(0 <= j < len(lengths) for j in kept)
+
+
+@given(groups())
+def test_kept_is_k_shortest_plus_l_longest_of_the_valid(group):
+    lengths, truncated, num_keep, num_long = group
+    kept = set(select_dual_end(lengths, truncated, num_keep, num_long))
+    valid = [j for j in range(len(lengths)) if not truncated[j]]
+    if len(valid) < num_keep:
+        return
+    assert not any(truncated[j] for j in kept)  # untruncated preferred
+    # Every dropped valid candidate lies strictly between the short end and the long end: exactly K kept candidates
+    # order before it and exactly L after it, by (length, index).
+    for x in valid:
+        if x in kept:
+            continue
+        before = sum(1 for j in kept if key(lengths, j) < key(lengths, x))
+        assert (before, len(kept) - before) == (num_keep - num_long, num_long)
+
+
+@given(groups())
+def test_underfilled_keeps_all_valid_then_lowest_index_truncated(group):
+    lengths, truncated, num_keep, num_long = group
+    kept = select_dual_end(lengths, truncated, num_keep, num_long)
+    valid = [j for j in range(len(lengths)) if not truncated[j]]
+    assert is_underfilled(truncated, num_keep) == (len(valid) < num_keep)
+    if len(valid) >= num_keep:
+        return
+    assert set(valid) <= set(kept)
+    fill = sorted(set(kept) - set(valid))
+    assert fill == [j for j in range(len(lengths)) if truncated[j]][: num_keep - len(valid)]
+
+
+@given(groups(), st.randoms(use_true_random=True))
+def test_kept_lengths_do_not_depend_on_candidate_order(group, rnd):
+    # Relabeling candidates only changes which of several equal-length valid candidates wins a tie, never the kept
+    # valid lengths. The fill branch picks truncated candidates by index on purpose, so only their count is invariant.
+    lengths, truncated, num_keep, num_long = group
+    order = list(range(len(lengths)))
+    rnd.shuffle(order)
+    kept = select_dual_end(lengths, truncated, num_keep, num_long)
+    shuffled = [
+        order[p]
+        for p in select_dual_end([lengths[j] for j in order], [truncated[j] for j in order], num_keep, num_long)
+    ]
+    assert sorted(lengths[j] for j in kept if not truncated[j]) == sorted(
+        lengths[j] for j in shuffled if not truncated[j]
+    )
+    assert sum(truncated[j] for j in kept) == sum(truncated[j] for j in shuffled)
+
+
+@given(groups(allow_truncated=False))
+def test_shortest_only_keeps_the_num_keep_shortest(group):
+    lengths, truncated, num_keep, _ = group
+    kept = set(select_dual_end(lengths, truncated, num_keep, num_long=0))
+    dropped = [lengths[j] for j in range(len(lengths)) if j not in kept]
+    if dropped:
+        assert max(lengths[j] for j in kept) <= min(dropped)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, needle",
+    [
+        (dict(lengths=[1, 2], truncated=[False, False], num_keep=3, num_long=0), ValueError, "num_keep=3"),
+        (dict(lengths=[1, 2], truncated=[False], num_keep=1, num_long=0), ValueError, "truncated has 1 entries"),
+        (dict(lengths=[1, -2], truncated=[False, False], num_keep=1, num_long=0), ValueError, "lengths[1]=-2"),
+        (dict(lengths=[1, 2.5], truncated=[False, False], num_keep=1, num_long=0), TypeError, "lengths[1]=2.5"),
+        (dict(lengths=[1, True], truncated=[False, False], num_keep=1, num_long=0), TypeError, "lengths[1]=True"),
+        (dict(lengths=[1, 2], truncated=[False, 1], num_keep=1, num_long=0), TypeError, "truncated[1]=1"),
+        (dict(lengths=[1, 2], truncated=[False, False], num_keep=2, num_long=2), ValueError, "num_long=2"),
+        (dict(lengths=[1, 2], truncated=[False, False], num_keep=2, num_long=-1), ValueError, "num_long=-1"),
+        (dict(lengths=[1, 2], truncated=[False, False], num_keep=0, num_long=0), ValueError, "num_keep=0"),
+        (dict(lengths="12", truncated=[False, False], num_keep=1, num_long=0), TypeError, "lengths='12'"),
+    ],
+)
+def test_select_dual_end_rejects_bad_input(kwargs, error, needle):
+    with pytest.raises(error) as info:
+        select_dual_end(**kwargs)
+    assert needle in str(info.value)
+
+
+def test_is_underfilled_rejects_bad_input():
+    with pytest.raises(ValueError, match="num_keep=0"):
+        is_underfilled([False], 0)
+    with pytest.raises(TypeError, match=r"truncated\[0\]=0"):
+        is_underfilled([0], 1)
+
+
+# ---- online form
+
+
+def plan_for(lengths, num_keep, num_long):
+    return GroupPlan(len(lengths), num_keep, num_long)
+
+
+@given(groups(), st.randoms(use_true_random=True))
+def test_online_kept_equals_offline_for_any_finish_order(group, rnd):
+    lengths, truncated, num_keep, num_long = group
+    order = list(range(len(lengths)))
+    rnd.shuffle(order)
+    selector = GroupSelector(plan_for(lengths, num_keep, num_long))
+    for j in order:
+        selector.on_finish(j, lengths[j], truncated[j])
+    assert selector.done and selector.num_finished == len(lengths)
+    assert selector.kept() == select_dual_end(lengths, truncated, num_keep, num_long)
+
+
+@given(groups(), st.randoms(use_true_random=True))
+def test_can_abort_and_release_length_track_valid_finishes(group, rnd):
+    lengths, truncated, num_keep, num_long = group
+    order = list(range(len(lengths)))
+    rnd.shuffle(order)
+    selector = GroupSelector(plan_for(lengths, num_keep, num_long))
+    finished: list[int] = []
+    for j in order:
+        selector.on_finish(j, lengths[j], truncated[j])
+        finished.append(j)
+        valid = sorted(lengths[i] for i in finished if not truncated[i])
+        assert selector.can_abort() == (num_long == 0 and len(valid) >= num_keep)
+        assert selector.release_length() == (valid[num_keep - 1] if len(valid) >= num_keep else None)
+        assert selector.finished_indices == tuple(sorted(finished))
+        assert selector.done == (len(finished) == len(lengths))
+
+
+def lockstep(lengths):
+    """Finish times of candidates decoding in lockstep: candidate j stops after step lengths[j]."""
+    return sorted(set(lengths))
+
+
+@given(groups(), st.randoms(use_true_random=True))
+def test_lockstep_early_abort_keeps_what_running_everything_keeps(group, rnd):
+    # §3(c): in lockstep every running candidate has generated t tokens after step t and ends longer than t, so
+    # aborting all of them once can_abort() holds (with the min-progress guard t >= release) must not change the kept
+    # set.
+    lengths, truncated, _, _ = group
+    num_keep = min(len(lengths), 1 + rnd.randrange(8))
+    selector = GroupSelector(plan_for(lengths, num_keep, 0))
+    for t in lockstep(lengths):
+        now = [j for j in range(len(lengths)) if lengths[j] == t]
+        rnd.shuffle(now)  # finishes within one step arrive in any order
+        for j in now:
+            selector.on_finish(j, lengths[j], truncated[j])
+        if selector.can_abort():
+            assert selector.release_length() <= t  # the engine's guard holds at the moment of the M-th valid finish
+            break
+    assert selector.kept() == select_dual_end(lengths, truncated, num_keep, 0)
+
+
+@given(groups(), st.randoms(use_true_random=True))
+def test_short_end_final_is_stable_and_part_of_the_final_kept_set(group, rnd):
+    lengths, truncated, num_keep, num_long = group
+    plan = plan_for(lengths, num_keep, num_long)
+    final = select_dual_end(lengths, truncated, num_keep, num_long)
+    valid = sorted((lengths[j], j) for j in range(len(lengths)) if not truncated[j])
+    selector = GroupSelector(plan)
+    released = None
+    for t in lockstep(lengths):
+        now = [j for j in range(len(lengths)) if lengths[j] == t]
+        rnd.shuffle(now)
+        for j in now:
+            selector.on_finish(j, lengths[j], truncated[j])
+        running = selector.num_finished < len(lengths)
+        result = selector.short_end_final(t if running else None)
+        if released is not None:
+            assert result == released  # once final, it never changes
+        if result is not None:
+            released = result
+            assert len(result) == plan.num_short
+            assert set(result) <= set(final)
+            assert result == sorted(j for _, j in valid[: plan.num_short])
+    # With everything finished the answer is known whenever there are K valid candidates.
+    assert (released is not None) == (len(valid) >= plan.num_short)
+
+
+def test_short_end_final_waits_for_slow_running_candidates():
+    # Plan (4 candidates, keep 3, long 1): K = 2. Finished: index 0 (length 5), index 1 (length 8).
+    selector = GroupSelector(GroupPlan(4, 3, 1))
+    selector.on_finish(0, 5, False)
+    assert selector.short_end_final(min_running_progress=100) is None  # only 1 of K=2 valid finishes
+    selector.on_finish(1, 8, False)
+    # The K-th shortest is 8 tokens; a running candidate at 7 tokens could still finish at 7 < 8 and displace it.
+    assert selector.short_end_final(min_running_progress=7) is None
+    assert selector.short_end_final(min_running_progress=8) == [0, 1]
+    assert selector.short_end_final(min_running_progress=None) == [0, 1]
+
+
+def test_hand_example_online_shortest_only():
+    # Plan (5 candidates, keep 2, shortest-only). Finishes: j=3 at 4 tokens, j=1 truncated at 10, j=0 at 6.
+    selector = GroupSelector(GroupPlan(5, 2, 0))
+    selector.on_finish(3, 4, False)
+    assert not selector.can_abort() and selector.release_length() is None  # 1 valid < 2
+    selector.on_finish(1, 10, True)
+    assert not selector.can_abort()  # a truncated finish does not count
+    selector.on_finish(0, 6, False)
+    # Valid finishes sorted: 4 (j=3), 6 (j=0); the 2nd shortest is 6 tokens.
+    assert selector.can_abort() and selector.release_length() == 6
+    assert selector.kept() == [0, 3]
+    assert not selector.done and selector.num_finished == 3
+
+
+def test_dual_end_never_aborts():
+    selector = GroupSelector(GroupPlan(3, 2, 1))
+    for j, length in enumerate([1, 2, 3]):
+        selector.on_finish(j, length, False)
+    assert not selector.can_abort()  # L > 0: the longest candidate is unknown until all stop
+
+
+def test_selector_rejects_bad_events():
+    selector = GroupSelector(GroupPlan(3, 2, 0))
+    with pytest.raises(ValueError, match=r"index=3 is out of range; expected a candidate index in \[0, 3\)"):
+        selector.on_finish(3, 5, False)
+    with pytest.raises(ValueError, match="index=-1"):
+        selector.on_finish(-1, 5, False)
+    selector.on_finish(0, 5, False)
+    with pytest.raises(ValueError, match="index=0 finished twice"):
+        selector.on_finish(0, 5, False)
+    with pytest.raises(ValueError, match="length=-5"):
+        selector.on_finish(1, -5, False)
+    with pytest.raises(TypeError, match="truncated=None"):
+        selector.on_finish(1, 5, None)
+    with pytest.raises(ValueError, match="only 1 candidates finished but num_keep=2"):
+        selector.kept()
+    with pytest.raises(ValueError, match="min_running_progress=-1"):
+        selector.short_end_final(-1)
+    with pytest.raises(TypeError, match="plan=3"):
+        GroupSelector(3)
