@@ -2,12 +2,12 @@
 PY := .venv/bin/python
 export HYPOTHESIS_PROFILE ?= ci
 
-.PHONY: setup run test test-unit test-contract test-upstream
+.PHONY: setup run bench test test-unit test-contract test-upstream
 setup:
 	bash scripts/setup_cpu.sh
 
 run: setup
-	$(PY) -m openrlhf_darts.bench.rollout
+	$(PY) -m openrlhf_darts.local.compare
 
 test: setup
 	$(PY) -m pytest tests -q -rs
@@ -21,3 +21,6 @@ test-contract: setup
 
 test-upstream: setup
 	bash scripts/run_upstream_tests.sh
+
+bench: setup
+	$(PY) -m openrlhf_darts.bench.rollout

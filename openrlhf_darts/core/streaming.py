@@ -127,7 +127,9 @@ def chunk_eligible(num_candidates: int, num_keep: int, num_long: int, num_finish
     return num_long > 0 and num_finished >= num_candidates - num_long
 
 
-def chunk_spans(prompt_tokens: int, generated: int, sent: int, chunk_tokens: int, finished: bool) -> list[tuple[int, int]]:
+def chunk_spans(
+    prompt_tokens: int, generated: int, sent: int, chunk_tokens: int, finished: bool
+) -> list[tuple[int, int]]:
     """Spans [start, end) of the full sequence (prompt + response) to send now, given `sent` tokens already sent.
 
     Full chunks only while decoding; on `finished` the remainder too. The spans of a whole sample tile

@@ -9,7 +9,8 @@ and upstream calls (variable unset) and DARTS groups (variable set):
                                           _GroupRun <── finish / progress ──┘
                                           verdict: keep -> return (executor then computes the reward)
                                                    drop -> raise _Dropped (no reward call)
-                                                   abort -> task.cancel() (vLLM aborts the request)
+                                                   abort -> AsyncLLM.abort(request id): the stream ends with the
+                                                            partial output, so its true length is recorded
 
 No remote call sits on the decode path: progress and finishes are counted in this process.
 """
@@ -35,6 +36,8 @@ _CANDIDATE: contextvars.ContextVar[tuple["_GroupRun", int] | None] = contextvars
     "darts_candidate", default=None
 )
 CPU_KV_CACHE_BYTES = int(os.environ.get("OPENRLHF_DARTS_CPU_KV_CACHE_BYTES", 256 * 2**20))
+# vLLM admits at most max_num_seqs requests at once (128 for AsyncLLM); benchmarks raise it so all candidates run together.
+CPU_MAX_NUM_SEQS = os.environ.get("OPENRLHF_DARTS_CPU_MAX_NUM_SEQS")
 
 
 class _Dropped(Exception):
@@ -44,8 +47,10 @@ class _Dropped(Exception):
 class _GroupRun:
     """Local state of one prompt's candidates: progress, finishes, and the keep/drop/abort verdicts."""
 
-    def __init__(self, plan: GroupPlan):
+    def __init__(self, plan: GroupPlan, abort_request):
         self.plan = plan
+        self._abort_request = abort_request  # coroutine function: AsyncLLM.abort(request_id)
+        self.request_ids: list[str | None] = [None] * plan.num_candidates
         self.selector = GroupSelector(plan)
         self.progress = [0] * plan.num_candidates  # tokens generated so far, from the cumulative stream
         self.running = set(range(plan.num_candidates))
@@ -55,6 +60,7 @@ class _GroupRun:
         self.verdicts = [loop.create_future() for _ in range(plan.num_candidates)]
         self.tasks: list[asyncio.Task] = []
         self.kept: list[int] | None = None
+        self.abort_tasks: list[asyncio.Future] = []
         self.start = time.perf_counter()
         self.release_s = 0.0
 
@@ -64,6 +70,10 @@ class _GroupRun:
             self._maybe_release()
 
     def on_finish(self, index: int, length: int, truncated: bool) -> None:
+        if index in self.aborted:
+            # It stopped on its own after the group released it (a race with the abort): still not kept.
+            self.progress[index] = length
+            return
         if index in self.finished:
             raise RuntimeError(
                 f"candidate {index} called generate twice; DARTS supports single-turn executors only "
@@ -95,7 +105,11 @@ class _GroupRun:
             self.verdicts[index].set_result(index in keep)
         for index in sorted(self.running):
             self.aborted.add(index)
-            self.tasks[index].cancel()
+            self.verdicts[index].set_result(False)
+            if self.request_ids[index] is None:
+                self.tasks[index].cancel()  # not submitted to vLLM yet: nothing to abort there
+            else:
+                self.abort_tasks.append(asyncio.ensure_future(self._abort_request(self.request_ids[index])))
         self.running.clear()
 
     def fail(self, error: BaseException) -> None:
@@ -128,7 +142,11 @@ class _ProgressStream:
     def generate(self, *args, **kwargs):
         stream = self._llm.generate(*args, **kwargs)
         slot = _CANDIDATE.get()
-        return stream if slot is None else _tracked(stream, *slot)
+        if slot is None:
+            return stream
+        group, index = slot
+        group.request_ids[index] = kwargs["request_id"]  # upstream passes a fresh id by keyword
+        return _tracked(stream, group, index)
 
 
 async def _tracked(stream, group: _GroupRun, index: int):
@@ -149,6 +167,12 @@ class DartsRolloutActor(RolloutRayActorBase):
                 logger.warning("vLLM CPU backend: dtype %s -> float32 (CPU bf16 output is wrong)", kwargs.get("dtype"))
                 kwargs["dtype"] = "float32"
             kwargs.setdefault("kv_cache_memory_bytes", CPU_KV_CACHE_BYTES)
+            # Weight sync without NCCL/CUDA IPC: bytes payloads through collective_rpc (backends/cpu/worker_extension).
+            from openrlhf_darts.backends.cpu.worker_extension import EXTENSION_PATH
+
+            kwargs["worker_extension_cls"] = EXTENSION_PATH
+            if CPU_MAX_NUM_SEQS:
+                kwargs.setdefault("max_num_seqs", int(CPU_MAX_NUM_SEQS))
         await super().__init__(*args, **kwargs)
         self.llm = _ProgressStream(self.llm)
         self._outcomes: list[dict] = []
@@ -160,6 +184,11 @@ class DartsRolloutActor(RolloutRayActorBase):
             return output
         group, index = slot
         completion = output.outputs[0]
+        if index in group.aborted:
+            # Aborted by the group: the final output carries the partial trajectory (or the full one, if it won the
+            # race with the abort). Either way it is wasted work and is never scored.
+            group.on_finish(index, len(completion.token_ids), completion.finish_reason == "length")
+            raise _Dropped(index)
         if completion.finish_reason not in ("stop", "length"):
             raise RuntimeError(
                 f"DARTS candidate {index} ended with finish_reason={completion.finish_reason!r}; only stop/length "
@@ -192,7 +221,7 @@ class DartsRolloutActor(RolloutRayActorBase):
             raise TypeError(f"plan={plan!r} must be a GroupPlan or its dict")
         if getattr(sampling_params, "n", 1) != 1:
             raise ValueError(f"sampling_params.n={sampling_params.n}; DARTS sends one n=1 request per candidate")
-        group = _GroupRun(plan)
+        group = _GroupRun(plan, self.llm.abort)
         group.tasks = [
             asyncio.create_task(
                 self._run_candidate(group, i, prompt, label, sampling_params, max_length, hf_tokenizer, images)
@@ -200,6 +229,7 @@ class DartsRolloutActor(RolloutRayActorBase):
             for i in range(plan.num_candidates)
         ]
         results = await asyncio.gather(*group.tasks, return_exceptions=True)
+        await asyncio.gather(*group.abort_tasks)  # abort errors are engine errors: raise them
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, (_Dropped, asyncio.CancelledError)):
                 raise result
@@ -235,6 +265,11 @@ class DartsRolloutActor(RolloutRayActorBase):
                 f"reward call to {self.executor.reward_endpoints} returned no reward for a kept sample; see the "
                 "engine actor's log for the underlying error"
             )
+
+    async def update_weights_from_lists(self, named_payloads: list, final: bool = True) -> list[int]:
+        """CPU weight sync: `[(name, dtype, shape, bytes)]` to every worker; `final` loads the buffered sync
+        (backends/cpu/worker_extension.py)."""
+        return await self.llm.collective_rpc("update_weights_from_lists", args=(named_payloads, final))
 
     def pop_group_outcomes(self) -> list[dict]:
         """Outcomes of the groups finished since the last call: one call per engine per step."""

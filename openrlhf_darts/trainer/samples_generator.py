@@ -102,3 +102,63 @@ class DartsSamplesGenerator(upstream.SamplesGenerator):
     def pop_metrics(self) -> dict[str, float]:
         metrics, self.last_metrics = self.last_metrics, {}
         return metrics
+
+    # ---- sample-level streaming (--darts.stream; trainer/experience_maker.py) ----------------------------------------
+    # The experience maker that scores groups while generation continues (open_stream / dispatch_group /
+    # close_stream / abort_stream); set by the trainer when --darts.stream is on, None means upstream's collection.
+    group_sink = None
+
+    def _generate_vllm(self, dataloader_iter, num_prompts: int, dynamic_filtering, **generate_kwargs):
+        # Training rollouts draw from upstream's own training iterator; evaluation passes its own and stays upstream's.
+        training = dataloader_iter is getattr(self, "_dataloader_iter", None)
+        if self.group_sink is None or not training:
+            return super()._generate_vllm(dataloader_iter, num_prompts, dynamic_filtering, **generate_kwargs)
+        return self._generate_streaming(dataloader_iter, num_prompts, dynamic_filtering, **generate_kwargs)
+
+    def _generate_streaming(self, dataloader_iter, num_prompts: int, dynamic_filtering, **generate_kwargs):
+        """Upstream's contract `(experiences, prompts_consumed, exhausted)`, handing each accepted group to the sink
+        the moment it resolves, so its forwards run while the other groups still generate.
+
+        Dynamic filtering keeps upstream's semantics: a group whose mean score is not strictly inside
+        `--algo.dynamic_filtering_range` is dropped (only when every sample has a score) and replaced by one new prompt.
+        """
+        from tqdm import tqdm
+
+        prompts, labels, images, exhausted = upstream.collect_prompt_batch(dataloader_iter, num_prompts)
+        if not prompts:
+            return [], 0, True
+        consumed = len(prompts)
+        pending = list(self._dispatch_prompts_to_vllm(prompts, labels, images=images, **generate_kwargs))
+        accepted = []
+        sink = self.group_sink
+        sink.open_stream()
+        try:
+            with tqdm(total=len(prompts), desc="Generate samples (streaming)") as bar:
+                while pending:
+                    ready, pending = ray.wait(pending, num_returns=1)
+                    group = [self._process_response_into_experience(r, **generate_kwargs) for r in ray.get(ready[0])]
+                    if dynamic_filtering and not self._passes_dynamic_filter(group):
+                        new_prompts, new_labels, new_images, exhausted = upstream.collect_prompt_batch(
+                            dataloader_iter, 1
+                        )
+                        consumed += len(new_prompts)
+                        if new_prompts:
+                            pending += self._dispatch_prompts_to_vllm(
+                                new_prompts, new_labels, images=new_images, **generate_kwargs
+                            )
+                        continue
+                    accepted.extend(group)
+                    sink.dispatch_group(group)
+                    bar.update()
+        except BaseException:
+            sink.abort_stream()
+            raise
+        sink.close_stream()
+        return accepted, consumed, exhausted
+
+    def _passes_dynamic_filter(self, group) -> bool:
+        if any(e.scores is None for e in group):
+            return True  # upstream filters only groups whose every sample carries a score
+        mean = sum(e.scores[0].item() for e in group) / len(group)
+        low, high = self.args.algo.dynamic_filtering_range
+        return low < mean < high

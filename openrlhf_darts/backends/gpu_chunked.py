@@ -1,0 +1,81 @@
+"""Upstream's DeepSpeed model actors plus the token-streaming chunk methods (`--darts.stream_tokens`, GPU clusters).
+
+Each class extends upstream's Ray actor class one level deep (`X.__ray_actor_class__`), calls upstream's
+`init_model_from_pretrained` unchanged and then builds a `ChunkCache` over the prepared model's Hugging Face module
+(`DeepSpeedEngine.module`; under ZeRO-3 every chunk forward gathers the parameters again, so pick a large
+`--darts.stream_chunk_tokens` there). The chunk methods are the CPU backend's (`backends/cpu/chunk_cache.py`):
+`forward_chunk`, `finish_chunks`, `release_chunks`, `num_live_caches`, `chunk_cache_stats`.
+
+`upstream.install_chunked_model_actors()` rebinds these classes in their defining modules before
+`openrlhf.cli.train_ppo_ray` imports them. Packing and ring attention are not supported on the chunk path.
+"""
+
+from __future__ import annotations
+
+import ray
+import torch
+
+from openrlhf_darts import upstream
+from openrlhf_darts.backends.cpu.chunk_cache import ChunkCache, ChunkScoringMixin, causal_lm_step, critic_step
+from openrlhf_darts.backends.cpu.reference import max_live_caches
+
+_BASES = upstream.gpu_model_actor_bases()
+
+
+def _hf_module(model: torch.nn.Module) -> torch.nn.Module:
+    """The Hugging Face module inside a DeepSpeed engine (or the module itself)."""
+    return getattr(model, "module", model)
+
+
+def _check_chunkable(args) -> None:
+    if args.ds.packing_samples or args.ds.ring_attn_size > 1:
+        raise ValueError(
+            "--darts.stream_tokens scores chunks with a per-sample KV cache, which packed samples and ring attention "
+            "do not support; drop --ds.packing_samples / --ds.ring_attn_size or --darts.stream_tokens"
+        )
+
+
+def _device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+class DartsReferenceModelActorImpl(ChunkScoringMixin, _BASES.reference):
+    def init_model_from_pretrained(self, strategy, pretrain):
+        _check_chunkable(strategy.args)
+        super().init_model_from_pretrained(strategy, pretrain)
+        step = causal_lm_step(_hf_module(self.model.model), self.model.temperature)
+        self.chunks = ChunkCache(step, "logprobs", max_live_caches(), device=_device())
+
+
+class DartsPolicyModelActorImpl(ChunkScoringMixin, _BASES.policy):
+    def init_model_from_pretrained(self, strategy, pretrain, max_steps=None, vllm_engines=None):
+        _check_chunkable(strategy.args)
+        super().init_model_from_pretrained(strategy, pretrain, max_steps, vllm_engines)
+        step = causal_lm_step(_hf_module(self.actor.model), self.actor.temperature)
+        self.chunks = ChunkCache(step, "logprobs", max_live_caches(), device=_device())
+
+    def forward_chunk(self, sample_id: str, tokens: list[int]) -> torch.Tensor:
+        self.actor.eval()  # old log-probs: no dropout, as upstream's forward
+        try:
+            return super().forward_chunk(sample_id, tokens)
+        finally:
+            self.actor.train()
+
+
+class DartsCriticModelActorImpl(ChunkScoringMixin, _BASES.critic):
+    def init_model_from_pretrained(self, strategy, pretrain, max_steps):
+        _check_chunkable(strategy.args)
+        super().init_model_from_pretrained(strategy, pretrain, max_steps)
+        self.chunks = ChunkCache(critic_step(_hf_module(self.critic)), "values", max_live_caches(), device=_device())
+
+    def forward_chunk(self, sample_id: str, tokens: list[int]) -> torch.Tensor:
+        self.critic.eval()
+        try:
+            return super().forward_chunk(sample_id, tokens)
+        finally:
+            self.critic.train()
+
+
+DartsReferenceModelActor = ray.remote(num_gpus=1)(DartsReferenceModelActorImpl)
+DartsPolicyModelActor = ray.remote(num_gpus=1)(DartsPolicyModelActorImpl)
+DartsCriticModelActor = ray.remote(num_gpus=1)(DartsCriticModelActorImpl)
