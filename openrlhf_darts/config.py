@@ -37,6 +37,7 @@ _CHOICES: list[tuple[str, tuple[str, ...], str, str, str]] = [
     ("weight_norm", WEIGHT_NORMS, "reference", "Norm", "reference: (v - v_min + 1)/(v_max - v_min); plain: v"),
     ("stats_source", STATS_SOURCES, "all", "-", "lengths entering the per-prompt std: all candidates, or kept only"),
 ]
+_DERIVED = ("num_long", "min_candidates", "max_candidates", "avg_candidates")  # default None: computed from n
 _SWITCHES: list[tuple[str, str]] = [
     ("enable", "turn DARTS on; off means exactly upstream OpenRLHF"),
     ("stream", "score finished groups (actor/ref/critic/RM forwards) while generation continues"),
@@ -48,11 +49,13 @@ def add_darts_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
     """Register the `--darts.*` group on an (upstream) parser; returns the group."""
     group = parser.add_argument_group("DARTS", "Distribution-Aware Active Rollout Trajectory Shaping (arXiv 2605.30859)")
     for name, help_text in _SWITCHES:
-        group.add_argument(f"--darts.{name}", action="store_true", default=False, help=help_text)
+        group.add_argument(f"--darts.{name}", action="store_true", default=False, help=f"{help_text} (default: off)")
     for name, choices, default, symbol, help_text in _CHOICES:
-        group.add_argument(f"--darts.{name}", choices=choices, default=default, help=f"[{symbol}] {help_text}")
+        group.add_argument(
+            f"--darts.{name}", choices=choices, default=default, help=f"[{symbol}] {help_text} (default: %(default)s)"
+        )
     for name, kind, default, symbol, help_text in _FLAGS:
-        shown = "derived" if default is None else "%(default)s"
+        shown = _shown_default(name, default)
         group.add_argument(
             f"--darts.{name}", type=kind, default=default, help=f"[{symbol}] {help_text} (default: {shown})"
         )
@@ -63,8 +66,15 @@ def flag_table() -> list[tuple[str, str, str, str]]:
     """(flag, default, paper symbol, help) for every DARTS flag, in registration order; docs/flags.md lists the same."""
     rows = [(f"--darts.{n}", "False", "-", h) for n, h in _SWITCHES]
     rows += [(f"--darts.{n}", d, s, h) for n, _, d, s, h in _CHOICES]
-    rows += [(f"--darts.{n}", "derived" if d is None else str(d), s, h) for n, _, d, s, h in _FLAGS]
+    rows += [(f"--darts.{n}", _shown_default(n, d), s, h) for n, _, d, s, h in _FLAGS]
     return rows
+
+
+def _shown_default(name: str, default: object) -> str:
+    """How --help and flag_table show a default: derived ones are computed from n, other Nones mean unset."""
+    if name in _DERIVED:
+        return "derived"
+    return "none" if default is None else str(default)
 
 
 @dataclass(frozen=True)
@@ -123,6 +133,11 @@ class DartsConfig:
             self.min_candidates >= n,
             f"--darts.min_candidates={self.min_candidates} is below n={n}; every prompt needs at least n candidates "
             "(the paper uses min_candidates = n)",
+        )
+        _check(
+            self.max_candidates >= n,
+            f"--darts.max_candidates={self.max_candidates} is below n={n}; every prompt needs at least n candidates, "
+            "so set max_candidates >= n (the paper uses max_candidates = 2n)",
         )
         _check(
             self.max_candidates >= self.min_candidates,
@@ -186,6 +201,11 @@ class DartsConfig:
                 not (config.stream and train.colocate_all),
                 "--darts.stream with --train.colocate_all: colocated models share GPUs with vLLM, so forwards are "
                 "serialized with generation and nothing can overlap. Drop --darts.stream or --train.colocate_all",
+            )
+            _check(
+                not (config.stream and train.dynamic_batch_enable),
+                "--darts.stream with --train.dynamic_batch_enable: token-balanced micro-batches need the whole batch "
+                "before any forward, so nothing could overlap. Drop one of them",
             )
             _check(
                 not (config.stream and args.vllm.enable_sleep),

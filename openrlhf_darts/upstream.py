@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib
 import importlib.metadata
 import logging
@@ -215,3 +216,272 @@ def darts_flags_in_upstream_cli(on_parsed):
     finally:
         argparse.ArgumentParser.parse_args = original_parse_args
         upstream_config.hierarchize = original_hierarchize
+
+
+# --- model-side symbols (CPU backend, streaming experience maker) ----------------------------------------------------
+# Imported lazily: the engine actor imports this module too and must not pay for the model stack it never uses.
+
+
+def model_side():
+    """OpenRLHF's model-side pieces the CPU backend and the streaming maker reuse, as one namespace.
+
+    `BaseModelActor` (launcher.py) gives the Ray-group protocol (`execute_batch`, `get_master_addr_port`, the
+    MASTER_ADDR/RANK environment); `Actor` and the critic class are upstream's modules, loaded in fp32 on CPU;
+    `PolicyLoss`, `ValueLoss`, `aggregate_loss`, `compute_approx_kl`, `masked_mean`, `iter_grad_accum_global_norm`
+    and the replay-buffer helpers are upstream's pure functions.
+    """
+    import types
+
+    from openrlhf.models import loss as _loss
+    from openrlhf.models import model as _model
+    from openrlhf.models import utils as _model_utils
+    from openrlhf.models.actor import Actor
+    from openrlhf.trainer.ppo_utils import experience as _experience
+    from openrlhf.trainer.ppo_utils.replay_buffer import NaiveReplayBuffer
+    from openrlhf.trainer.ray import launcher as _launcher
+    from openrlhf.trainer.ray.vllm_worker_wrap import WorkerWrap
+    from openrlhf.utils import loss_utils as _loss_utils
+
+    return types.SimpleNamespace(
+        BaseModelActor=_launcher.BaseModelActor,
+        RayActorGroup=_launcher.RayActorGroup,
+        Actor=Actor,
+        critic_model_class=_model._get_critic_model,
+        PolicyLoss=_loss.PolicyLoss,
+        ValueLoss=_loss.ValueLoss,
+        aggregate_loss=_loss.aggregate_loss,
+        compute_approx_kl=_model_utils.compute_approx_kl,
+        masked_mean=_model_utils.masked_mean,
+        log_probs_from_logits=_model_utils.log_probs_from_logits,
+        iter_grad_accum_global_norm=_loss_utils.iter_grad_accum_global_norm,
+        NaiveReplayBuffer=NaiveReplayBuffer,
+        make_experience_batch=_experience.make_experience_batch,
+        WorkerWrap=WorkerWrap,
+    )
+
+
+CONTRACT.update(
+    {
+        "openrlhf.trainer.ray.launcher.BaseModelActor.execute_batch": (
+            "method_name",
+            "all_data",
+            "start_idx",
+            "end_idx",
+        ),
+        "openrlhf.trainer.ray.launcher.RayActorGroup.__init__": (
+            "num_nodes",
+            "num_gpus_per_node",
+            "ray_actor_type",
+            "pg",
+            "num_gpus_per_actor",
+            "duplicate_actors",
+        ),
+        "openrlhf.trainer.ray.launcher.RayActorGroup.async_run_method_batch": ("method_name",),
+        "openrlhf.trainer.ray.launcher.ReferenceModelActor.init_model_from_pretrained": ("strategy", "pretrain"),
+        "openrlhf.trainer.ray.launcher.ReferenceModelActor.forward": (
+            "sequences",
+            "action_mask",
+            "attention_mask",
+            "return_output",
+            "packed_seq_lens",
+            "mm_train_inputs_list",
+        ),
+        "openrlhf.trainer.ray.ppo_actor.PolicyModelActor.init_model_from_pretrained": (
+            "strategy",
+            "pretrain",
+            "max_steps",
+            "vllm_engines",
+        ),
+        "openrlhf.trainer.ray.ppo_actor.PolicyModelActor.forward": (
+            "sequences",
+            "action_mask",
+            "attention_mask",
+            "packed_seq_lens",
+            "mm_train_inputs_list",
+        ),
+        "openrlhf.trainer.ray.ppo_actor.PolicyModelActor.fit": ("kl_ctl",),
+        "openrlhf.trainer.ray.ppo_actor.PolicyModelActor.append": ("experience",),
+        "openrlhf.trainer.ray.ppo_actor.PolicyModelActor.broadcast_to_vllm": (),
+        "openrlhf.trainer.ray.ppo_actor.PolicyModelActor.save_checkpoint": (
+            "tag",
+            "client_states",
+            "metric_value",
+            "metric_key",
+        ),
+        "openrlhf.trainer.ray.ppo_actor.PolicyModelActor.get_checkpoint_states": (),
+        "openrlhf.trainer.ray.ppo_critic.CriticModelActor.init_model_from_pretrained": (
+            "strategy",
+            "pretrain",
+            "max_steps",
+        ),
+        "openrlhf.trainer.ray.ppo_critic.CriticModelActor.forward": (
+            "sequences",
+            "action_mask",
+            "attention_mask",
+            "packed_seq_lens",
+        ),
+        "openrlhf.trainer.ray.ppo_critic.CriticModelActor.fit": (),
+        "openrlhf.trainer.ray.ppo_critic.CriticModelActor.save_checkpoint": ("tag", "metric_value", "metric_key"),
+        "openrlhf.models.loss.PolicyLoss.forward": ("log_probs", "old_log_probs", "advantages", "action_mask"),
+        "openrlhf.models.loss.ValueLoss.forward": ("values", "old_values", "returns", "action_mask"),
+        "openrlhf.utils.loss_utils.iter_grad_accum_global_norm": (
+            "data_iter",
+            "strategy",
+            "accumulated_gradient",
+            "mask_fn",
+        ),
+        "openrlhf.trainer.ppo_utils.experience_maker.RemoteExperienceMaker.split_rollout_samples": (
+            "rollout_samples",
+        ),
+        "openrlhf.trainer.ppo_utils.experience_maker.RemoteExperienceMaker._dispatch_forward": (
+            "group",
+            "sync_condition",
+        ),
+    }
+)
+
+
+# --- the trainer and the CLI (trainer/ppo_trainer.py, cli/train_ppo_ray.py) -----------------------------------------
+
+
+@functools.cache
+def ppo_trainer_base():
+    """Upstream's unwrapped `PPOTrainer` class, which `DartsPPOTrainer` extends one level deep.
+
+    Imported lazily (the trainer module pulls in DeepSpeed's strategy and the datasets, which engine actors never
+    need) and cached: `DartsPPOTrainer` calls this before `install_driver_patches` rebinds `ppo_trainer.PPOTrainer`,
+    so the cache holds upstream's class even after the rebinding.
+    """
+    from openrlhf.trainer import ppo_trainer
+
+    return ppo_trainer.PPOTrainer.__ray_actor_class__
+
+
+CONTRACT.update(
+    {
+        "openrlhf.trainer.ppo_trainer.PPOTrainer.__init__": (
+            "pretrain",
+            "strategy",
+            "actor_model_group",
+            "critic_model_group",
+            "reward_model_group",
+            "reference_model_group",
+            "vllm_engines",
+        ),
+        "openrlhf.trainer.ppo_trainer.PPOTrainer.save_logs_and_checkpoints": (
+            "global_step",
+            "logs_dict",
+            "client_states",
+        ),
+        "openrlhf.trainer.ppo_trainer.PPOTrainer.restore_best_checkpoint_state": ("checkpoint_states",),
+        "openrlhf.trainer.ppo_utils.experience_maker.RemoteExperienceMaker.__init__": (
+            "actor_model_group",
+            "critic_model_group",
+            "reward_model_group",
+            "initial_model_group",
+            "kl_controller",
+            "strategy",
+            "tokenizer",
+        ),
+        "openrlhf.cli.train_ppo_ray.train": ("args",),
+    }
+)
+BEHAVIOUR_PINNED += (
+    # Builds prompts_dataloader, eval_dataloader and samples_generator (whose tokenizer we reuse) before the base
+    # constructor builds experience_maker from the attributes we pass again.
+    "openrlhf.trainer.ppo_trainer.PPOTrainer.__init__",
+    "openrlhf.trainer.ppo_trainer.BasePPOTrainer.__init__",
+    # Per step: status gets timing/step_total, then save_logs_and_checkpoints(step, status, client_states); before
+    # the first step restore_best_checkpoint_state(loaded states).
+    "openrlhf.trainer.ppo_trainer.PPOTrainer.fit",
+    # Logs logs_dict and stores client_states in the actor checkpoint.
+    "openrlhf.trainer.ppo_trainer.BasePPOTrainer.save_logs_and_checkpoints",
+    # Imports PPOTrainer at call time and calls create_vllm_engines, which reads RolloutRayActor at call time: the two
+    # rebinds of install_driver_patches take effect only because of this.
+    "openrlhf.cli.train_ppo_ray.train",
+)
+
+
+# --- local CPU mode (openrlhf_darts.local) ---------------------------------------------------------------------------
+# Module globals `openrlhf.cli.train_ppo_ray` binds when it runs as __main__ (its imports read them at that moment) or
+# reads at call time (trainer, engine actor). Rebinding them is how the local mode runs upstream's own `train()`.
+_LOCAL_SEAMS = {
+    "trainer": ("openrlhf.trainer.ppo_trainer", "PPOTrainer"),
+    "rollout": ("openrlhf.trainer.ray.vllm_engine", "RolloutRayActor"),
+    "policy": ("openrlhf.trainer.ray.ppo_actor", "PolicyModelActor"),
+    "reference": ("openrlhf.trainer.ray.launcher", "ReferenceModelActor"),
+    "critic": ("openrlhf.trainer.ray.ppo_critic", "CriticModelActor"),
+}
+CONTRACT.update({f"{module}.{name}": () for module, name in _LOCAL_SEAMS.values() if name != "PPOTrainer"})
+
+
+@contextlib.contextmanager
+def train_classes(**classes):
+    """While active, upstream's `train_ppo_ray` (run as `__main__` afterwards) builds the given Ray classes.
+
+    Keys: trainer, rollout, policy, reference, critic (see `_LOCAL_SEAMS`). Every rebinding is undone on exit, so a
+    second run in the same process starts from upstream's classes.
+    """
+    unknown = sorted(set(classes) - set(_LOCAL_SEAMS))
+    if unknown:
+        raise ValueError(f"train_classes got unknown keys {unknown}; valid: {sorted(_LOCAL_SEAMS)}")
+    saved = []
+    try:
+        for key, cls in classes.items():
+            module = importlib.import_module(_LOCAL_SEAMS[key][0])
+            saved.append((module, _LOCAL_SEAMS[key][1], getattr(module, _LOCAL_SEAMS[key][1])))
+            setattr(module, _LOCAL_SEAMS[key][1], cls)
+        yield
+    finally:
+        for module, name, original in reversed(saved):
+            setattr(module, name, original)
+
+
+def effective_actors(group) -> int:
+    """Data-parallel actors of an upstream `RayActorGroup`: its handles over ring/TP duplicates (the count its
+    `async_run_method_batch` needs at least as many items as)."""
+    return len(group._actor_handlers) // group.duplicate_actors
+
+
+# Upstream's prompt-batch collector (module function of samples_generator.py): (prompts, labels, images, exhausted).
+collect_prompt_batch = _samples_generator._collect_prompt_batch
+CONTRACT["openrlhf.trainer.ppo_utils.samples_generator._collect_prompt_batch"] = ("dataloader_iter", "num_prompts")
+
+
+def gpu_model_actor_bases():
+    """Upstream's DeepSpeed model actor classes, unwrapped from Ray, for `backends/gpu_chunked.py` to extend."""
+    import types
+
+    from openrlhf.trainer.ray import launcher, ppo_actor, ppo_critic
+
+    return types.SimpleNamespace(
+        reference=launcher.ReferenceModelActor.__ray_actor_class__,
+        policy=ppo_actor.PolicyModelActor.__ray_actor_class__,
+        critic=ppo_critic.CriticModelActor.__ray_actor_class__,
+    )
+
+
+def install_chunked_model_actors() -> None:
+    """Driver-only, for `--darts.stream_tokens` on GPUs: rebind upstream's policy / reference / critic actor classes in
+    their defining modules to the chunk-forward subclasses, before `openrlhf.cli.train_ppo_ray` imports the names."""
+    from openrlhf.trainer.ray import launcher, ppo_actor, ppo_critic
+
+    from openrlhf_darts.backends import gpu_chunked
+
+    launcher.ReferenceModelActor = gpu_chunked.DartsReferenceModelActor
+    ppo_actor.PolicyModelActor = gpu_chunked.DartsPolicyModelActor
+    ppo_critic.CriticModelActor = gpu_chunked.DartsCriticModelActor
+
+
+def model_side_strategy(args):
+    """Upstream's `DeepspeedStrategy` for `args` (`get_strategy`); the CPU actors use its `.args` and `is_rank_0`."""
+    from openrlhf.utils.utils import get_strategy
+
+    return get_strategy(args)
+
+
+def fixed_kl_controller(coef: float):
+    """Upstream's fixed KL controller, as `BasePPOTrainer` builds it without a KL target."""
+    from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
+
+    return FixedKLController(coef)

@@ -39,14 +39,34 @@ def tokenizer(tiny_model_path):
 
 
 @pytest.fixture(scope="session")
-def darts_engine(ray_cluster, tiny_model_path):
-    """One DARTS engine actor on the tiny model, built by upstream's create_vllm_engines, prefix caching on."""
+def stopping_model_path(tiny_model_path, tmp_path_factory) -> str:
+    """The tiny model with 40 ordinary tokens added to generation_config's eos ids.
+
+    vLLM turns generation_config eos ids into stop tokens for every request (also upstream's), so the random model
+    stops at varied lengths (about 4% a step) instead of always running to the cap: groups get a real length spread.
+    """
+    import json
+    import shutil
+
+    path = tmp_path_factory.mktemp("models") / "tiny-stopping"
+    shutil.copytree(tiny_model_path, path)
+    config_file = path / "generation_config.json"
+    config = json.loads(config_file.read_text())
+    vocab = json.loads((path / "config.json").read_text())["vocab_size"]
+    config["eos_token_id"] = [config["eos_token_id"]] + list(range(vocab - 40, vocab))
+    config_file.write_text(json.dumps(config))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def darts_engine(ray_cluster, stopping_model_path):
+    """One DARTS engine actor (tiny model that stops at varied lengths), via upstream's create_vllm_engines."""
     from openrlhf_darts import upstream
     from openrlhf_darts.rollout.rollout_actor import DartsRolloutRayActor
 
     with upstream.rollout_actor_class(DartsRolloutRayActor):
         engines = upstream.create_vllm_engines(
-            1, 1, tiny_model_path, 0, False, True, True, 512, None, 0.15, False, None,
+            1, 1, stopping_model_path, 0, False, True, True, 512, None, 0.15, False, None,
             remote_rm_url=str(ASSETS / "counting_reward.py"),
         )
     ray_cluster.get(engines[0].get_num_unfinished_requests.remote())  # wait until the engine is up
