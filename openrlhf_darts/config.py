@@ -208,6 +208,12 @@ class DartsConfig:
                 "before any forward, so nothing could overlap. Drop one of them",
             )
             _check(
+                not (config.stream_tokens and (args.ds.packing_samples or args.ds.ring_attn_size > 1)),
+                "--darts.stream_tokens with --ds.packing_samples or --ds.ring_attn_size > 1: chunks are scored with a "
+                "per-sample KV cache, which packed samples and ring attention do not support. Drop "
+                "--ds.packing_samples / --ds.ring_attn_size or --darts.stream_tokens",
+            )
+            _check(
                 not (config.stream and args.vllm.enable_sleep),
                 "--darts.stream with --vllm.enable_sleep: engines sleep while the models score, so nothing "
                 "overlaps. Drop one of them",

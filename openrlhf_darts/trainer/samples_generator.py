@@ -38,6 +38,7 @@ class DartsSamplesGenerator(upstream.SamplesGenerator):
             return super().generate_samples(**generate_kwargs)
         self._training_rollout = True
         self._allocation_seconds = 0.0
+        self._planned_candidates = 0
         try:
             result = super().generate_samples(**generate_kwargs)
         finally:
@@ -56,6 +57,7 @@ class DartsSamplesGenerator(upstream.SamplesGenerator):
             )
         plans = self.planner.plan(prompts)
         self._allocation_seconds += self.planner.last_seconds
+        self._planned_candidates += self.planner.last_budget  # dynamic-filtering replacements plan again
         sampling_params = upstream.rollout_sampling_params(self.args, generate_kwargs)
         max_length = generate_kwargs.get("max_len", 2048)
 
@@ -93,7 +95,7 @@ class DartsSamplesGenerator(upstream.SamplesGenerator):
         self.planner.observe(prompts, outcomes)
         self.last_outcomes = outcomes
         metrics = outcome_metrics(outcomes)
-        metrics["darts/budget"] = float(self.planner.last_budget)
+        metrics["darts/budget"] = float(self._planned_candidates)
         metrics["darts/budget_cost_model"] = float(self.planner.last_budget_mode == "cost_model")
         metrics["darts/length_std_mean"] = self.planner.stats.mean_std()
         metrics["timing/darts_allocation"] = self._allocation_seconds

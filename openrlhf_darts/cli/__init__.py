@@ -1,0 +1,1 @@
+"""Command-line entry points. Importing this package imports nothing heavy."""

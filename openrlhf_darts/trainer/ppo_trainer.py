@@ -1,0 +1,117 @@
+"""Step 7 of the pipeline: upstream's PPO trainer with the DARTS collaborators swapped in (OPENRLHF_SEAMS.md §10).
+
+`DartsPPOTrainer` extends OpenRLHF's `PPOTrainer` one level deep from the unwrapped Ray class and is re-wrapped with
+`ray.remote`, exactly as upstream declares its own. Upstream's constructor builds the tokenizer, the datasets, the
+samples generator and the experience maker; ours then replaces two of them as attributes:
+
+- `self.samples_generator` -> `DartsSamplesGenerator` (plans, redundant candidates, selection at the engine);
+- `self.experience_maker` -> `DartsExperienceMaker` when `--darts.stream`, attached to the generator as its
+  `group_sink`, so the forwards of finished groups overlap generation.
+
+`fit`, `train_step`, PPO training and weight sync stay upstream's. Two methods are overridden:
+
+- `save_logs_and_checkpoints(global_step, logs_dict, client_states)`, which `fit` calls once per step with the step's
+  status dict: it merges the step's `darts/*` and `timing/darts_*` metrics into that dict before upstream logs it to
+  wandb / TensorBoard, and puts the planner state (per-prompt length spread, recent lengths) into `client_states`,
+  which upstream stores in the actor checkpoint. Merging here rather than in `train_step` keeps upstream's
+  `timing/step_total` (the sum of the `timing/*` keys `fit` computes after `train_step`) the sum of upstream's own
+  phases: DARTS phases happen inside them and must not be counted twice.
+- `restore_best_checkpoint_state(checkpoint_states)`, which `fit` calls with the loaded states before the first step:
+  it restores the planner state.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import ray
+
+from openrlhf_darts import upstream
+from openrlhf_darts.config import DartsConfig
+from openrlhf_darts.trainer.samples_generator import DartsSamplesGenerator
+
+logger = logging.getLogger(__name__)
+
+PLANNER_STATE_KEY = "darts_planner"  # key of the planner state inside upstream's checkpoint client_states
+
+
+@ray.remote
+class DartsPPOTrainer(upstream.ppo_trainer_base()):
+    """Upstream's single-controller PPO trainer with DARTS sample generation (and streaming experience making)."""
+
+    def __init__(
+        self,
+        pretrain: str,
+        strategy,
+        actor_model_group,
+        critic_model_group,
+        reward_model_group,
+        reference_model_group,
+        vllm_engines,
+        **generate_kwargs,
+    ) -> None:
+        super().__init__(
+            pretrain,
+            strategy,
+            actor_model_group,
+            critic_model_group,
+            reward_model_group,
+            reference_model_group,
+            vllm_engines,
+            **generate_kwargs,
+        )
+        self.darts_config = DartsConfig.from_args(strategy.args)
+        if not self.darts_config.enable:
+            return
+        # Reuse the tokenizer upstream loaded for its own generator, so both sides tokenize identically.
+        self.samples_generator = DartsSamplesGenerator(
+            strategy,
+            self.prompts_dataloader,
+            self.eval_dataloader,
+            self.samples_generator.tokenizer,
+            vllm_engines,
+            self.darts_config,
+        )
+        if self.darts_config.stream:
+            from openrlhf_darts.trainer.experience_maker import DartsExperienceMaker
+
+            self.experience_maker = DartsExperienceMaker(
+                self.actor_model_group,
+                self.critic_model_group,
+                self.reward_model_group,
+                self.reference_model_group,
+                self.kl_ctl,
+                self.strategy,
+                self.tokenizer,
+                config=self.darts_config,
+            )
+            # The generator hands each accepted group to the maker the moment it resolves, so its forwards run while
+            # the other groups still generate.
+            self.samples_generator.group_sink = self.experience_maker
+
+    def save_logs_and_checkpoints(self, global_step: int, logs_dict=None, client_states=None) -> None:
+        logs_dict = {} if logs_dict is None else logs_dict
+        client_states = {} if client_states is None else client_states
+        if self.darts_config.enable:
+            # Popped every step (logged or not), so a logged value always belongs to this step.
+            logs_dict.update(self.samples_generator.pop_metrics())
+            if self.darts_config.stream:
+                logs_dict.update(self.experience_maker.pop_metrics())
+            # In place: fit hands the same dict to save_best_checkpoint after evaluation.
+            client_states[PLANNER_STATE_KEY] = self.samples_generator.planner.state_dict()
+        super().save_logs_and_checkpoints(global_step, logs_dict, client_states)
+
+    def restore_best_checkpoint_state(self, checkpoint_states) -> None:
+        super().restore_best_checkpoint_state(checkpoint_states)
+        if not self.darts_config.enable or not checkpoint_states:
+            return
+        state = checkpoint_states.get(PLANNER_STATE_KEY)
+        if state is not None:
+            self.samples_generator.planner.load_state_dict(state)
+        elif checkpoint_states["global_step"] > 0:
+            # Resuming a checkpoint written without DARTS (a baseline run, say): allocation restarts from no history.
+            logger.warning(
+                "checkpoint at global_step=%s has no %r state; DARTS length statistics start empty",
+                checkpoint_states["global_step"],
+                PLANNER_STATE_KEY,
+            )
