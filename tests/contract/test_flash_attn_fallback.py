@@ -93,7 +93,7 @@ def test_pad_input_inverts_unpad_and_zeroes_masked_positions(bert_padding) -> No
 
 def test_unused_mask_is_rejected(bert_padding) -> None:
     x = torch.zeros(2, 4, 1)
-    with pytest.raises(NotImplementedError, match="unused_mask"):
+    with pytest.raises(ValueError, match="unused_mask"):
         bert_padding.unpad_input(x, torch.tensor(MASK), unused_mask=torch.zeros(2, 4, dtype=torch.int64))
 
 

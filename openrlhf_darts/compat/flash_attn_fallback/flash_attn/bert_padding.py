@@ -41,7 +41,10 @@ def unpad_input(
     than ignored because ignoring it would silently return wrong lengths.
     """
     if unused_mask is not None:
-        raise NotImplementedError("the flash_attn CPU fallback does not support unpad_input(..., unused_mask=...)")
+        raise ValueError(
+            f"unused_mask={type(unused_mask).__name__} given; the flash_attn CPU fallback supports unpad_input only "
+            "without unused_mask (OpenRLHF never passes one); install the real flash-attn on a GPU machine"
+        )
     if attention_mask.dim() != 2 or hidden_states.shape[:2] != attention_mask.shape:
         raise ValueError(
             f"expected hidden_states (batch, seqlen, ...) and attention_mask (batch, seqlen), got "
