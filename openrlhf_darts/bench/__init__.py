@@ -1,0 +1,9 @@
+"""Benchmarks that print and save their figures (never timed tests; STYLE.md test tiers).
+
+- ``rollout``: OpenRLHF baseline vs DARTS shortest-only vs DARTS dual-end on one real vLLM engine;
+- ``profile_latency``: decode-step latency against running sequences, written as a ``PerTokenLatency`` profile;
+- ``validate_sim``: the simulator's rollout time against a measured one;
+- ``tasks``: built-in arithmetic word problems and their exact-answer reward.
+
+Importing this package imports nothing heavy; each script loads Ray and vLLM when it runs.
+"""

@@ -1,0 +1,644 @@
+"""Rollout comparison: OpenRLHF's baseline against DARTS shortest-only and DARTS dual-end, on one real vLLM engine.
+
+    python -m openrlhf_darts.bench.rollout [--model tiny|smollm2|PATH] [--n 8] [--num-prompts 16] [--max-tokens 128]
+                                           [--prompts FILE.jsonl] [--out runs/bench_rollout] [--seed 0]
+
+One process, one local Ray cluster, ONE engine built by OpenRLHF's ``create_vllm_engines`` with
+``DartsRolloutRayActor`` (prefix caching on). The same prompts and sampling parameters go through three variants, back
+to back, each dispatched the way the samples generators do it (one Ray call per prompt, all prompts at once):
+
+- ``baseline``: upstream's path, ``generate_responses(num_samples=n)``; every candidate is kept;
+- ``shortest_only``: ``generate_group`` with ceil(1.5 n) candidates, ``GroupPlan(num_long=0)``: the n shortest valid
+  candidates are kept and the rest are aborted as soon as they cannot be among them (DARTS_SPEC.md §3(c));
+- ``dual_end``: ceil(1.25 n) candidates, ``num_long=1``: every candidate runs to the end, n-1 shortest + 1 longest
+  kept.
+
+A short warm-up generate runs first, and the prefix cache is reset before each variant, so no variant starts warmer.
+
+**Decode steps** (the figure to judge speed by on CPU, where wall time tracks total tokens): the largest number of
+tokens any request of the batch decoded, aborted candidates counted at their partial length. When every request of the
+batch is admitted at once (checked: ``all_admitted`` compares the requests and their KV blocks with the engine's
+``max_num_seqs`` and KV cache) and they all start in the same step, this equals the number of engine decode steps until
+the batch is done.
+**Oracle decode steps**: the earliest the batch could be done given the recorded candidate lengths: per prompt, the max
+length for ``baseline`` and ``dual_end``, and the n-th shortest valid length for ``shortest_only`` (the max when fewer
+than n are valid); the batch's oracle is the largest over its prompts. Measured minus oracle is the abort latency.
+
+**Tiny model.** Its weights are random and it rarely emits EOS, so by default 16 ordinary tokens are added as extra
+stop tokens (``--extra-stop-tokens``; ``stop_token_ids`` in every request of every variant) to get a realistic spread
+of lengths; the output records this. Real models (``smollm2``, a folder) use none by default.
+
+Writes ``report.json`` (figures plus every prompt's candidate lengths, truncation and abort flags per variant, so
+``python -m openrlhf_darts.sim`` can replay them), ``lengths.png`` and ``table.txt`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from openrlhf_darts.core.types import GroupOutcome, GroupPlan
+
+VARIANTS = ("baseline", "shortest_only", "dual_end")
+TINY_EXTRA_STOP_TOKENS = 16
+CPU_BLOCK_SIZE = 128  # vLLM's CPU backend default KV block size (vllm/platforms/cpu.py)
+MIN_KV_CACHE_BYTES = 256 * 2**20
+REWARD_FILE = str(Path(__file__).resolve().parent / "tasks.py")
+
+
+# ---- configuration -----------------------------------------------------------------------------------------------
+def variant_plans(n: int) -> dict[str, GroupPlan | None]:
+    """The plan of each variant for group size n; None for the baseline, which takes upstream's path."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(
+            f"--n={n!r} is below 2; dual-end keeps n-1 short + 1 long, so it needs n >= 2 (the paper uses 8)"
+        )
+    return {
+        "baseline": None,
+        "shortest_only": GroupPlan(num_candidates=math.ceil(1.5 * n), num_keep=n, num_long=0),
+        "dual_end": GroupPlan(num_candidates=math.ceil(1.25 * n), num_keep=n, num_long=1),
+    }
+
+
+def candidates_per_prompt(name: str, n: int) -> int:
+    plan = variant_plans(n)[name]
+    return n if plan is None else plan.num_candidates
+
+
+def load_prompts(path: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """Prompts (used verbatim, no chat template) and labels (``label`` or ``answer``, else "") from a JSONL file."""
+    prompts, labels = [], []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{number} is not valid JSON ({e}); expected one object per line") from e
+            if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
+                raise ValueError(f"{path}:{number} has no string 'prompt' field; expected {{\"prompt\": \"...\"}}")
+            prompts.append(item["prompt"])
+            labels.append(str(item.get("label", item.get("answer", ""))))
+    if not prompts:
+        raise ValueError(f"--prompts {path} holds no prompt; expected one JSON object with a 'prompt' field per line")
+    return prompts, labels
+
+
+def builtin_prompts(tokenizer, num: int, seed: int) -> tuple[list[str], list[str]]:
+    """The built-in arithmetic word problems, rendered through the model's chat template with a generation prompt."""
+    from openrlhf_darts.bench.tasks import make_problems
+
+    problems = make_problems(num, seed)
+    prompts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": p["prompt"]}], tokenize=False, add_generation_prompt=True
+        )
+        for p in problems
+    ]
+    return prompts, [p["answer"] for p in problems]
+
+
+def extra_stop_token_ids(tokenizer, count: int) -> list[int]:
+    """The ``count`` last ordinary token ids as extra stop tokens (tests/contract/conftest.py ``stop_token_ids``)."""
+    return list(range(len(tokenizer) - count, len(tokenizer))) if count > 0 else []
+
+
+def kv_bytes_per_token(model_path: str) -> int:
+    """fp32 KV cache bytes one token takes: 2 (K, V) x layers x KV heads x head dim x 4."""
+    config = json.loads((Path(model_path) / "config.json").read_text())
+    heads = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    return 2 * config["num_hidden_layers"] * config.get("num_key_value_heads", heads) * head_dim * 4
+
+
+def blocks_needed(prompt_lengths: Sequence[int], candidates: int, max_tokens: int, block_size: int) -> int:
+    """KV blocks if every candidate reaches the cap, without counting prefix sharing (an upper bound)."""
+    return sum(candidates * math.ceil((p + max_tokens) / block_size) for p in prompt_lengths)
+
+
+# ---- engine ------------------------------------------------------------------------------------------------------
+def init_ray(env_vars: dict[str, str] | None = None) -> None:
+    """A local Ray cluster with one logical GPU (engines ask for GPU bundles; nothing touches CUDA on CPU)."""
+    import ray
+
+    from openrlhf_darts import compat
+
+    ray.init(
+        num_cpus=max(2, os.cpu_count() or 2),
+        num_gpus=1,
+        runtime_env=compat.ray_runtime_env({"env_vars": dict(env_vars or {})}),
+        include_dashboard=False,
+        log_to_driver=False,
+    )
+
+
+def create_engine(
+    model_path: str,
+    seed: int,
+    max_model_len: int,
+    remote_rm_url: str | None = None,
+    tensor_parallel_size: int = 1,
+    gpu_memory_utilization: float = 0.15,
+    enforce_eager: bool = True,
+):
+    """One DARTS engine actor through OpenRLHF's ``create_vllm_engines`` (prefix caching on); returns it once up."""
+    import ray
+
+    from openrlhf_darts import upstream
+    from openrlhf_darts.rollout.rollout_actor import DartsRolloutRayActor
+
+    with upstream.rollout_actor_class(DartsRolloutRayActor):
+        engines = upstream.create_vllm_engines(
+            1, tensor_parallel_size, model_path, seed, False, True, enforce_eager, max_model_len, None,
+            gpu_memory_utilization, False, None, remote_rm_url=remote_rm_url,
+        )  # fmt: skip
+    ray.get(engines[0].get_num_unfinished_requests.remote())
+    return engines[0]
+
+
+def engine_limits(engine) -> dict[str, int]:
+    """max_num_seqs, KV block size and KV blocks of the running engine (read from its vLLM config)."""
+    import ray
+
+    def read(actor) -> dict[str, int]:
+        config = actor.llm.vllm_config
+        return {
+            "max_num_seqs": int(config.scheduler_config.max_num_seqs),
+            "max_num_batched_tokens": int(config.scheduler_config.max_num_batched_tokens),
+            "block_size": int(config.cache_config.block_size),
+            "num_kv_blocks": int(config.cache_config.num_gpu_blocks or 0),
+        }
+
+    return ray.get(engine.__ray_call__.remote(read))
+
+
+# ---- one variant -------------------------------------------------------------------------------------------------
+def _response_length(response: dict) -> int:
+    start, end = response["action_ranges"][0]
+    return end - start
+
+
+def run_variant(
+    engine,
+    name: str,
+    plan: GroupPlan | None,
+    prompts: Sequence[str],
+    labels: Sequence[str],
+    sampling_params,
+    tokenizer,
+    n: int,
+    max_length: int,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Dispatch every prompt at once (one Ray call each) and wait for all; returns per-prompt groups and wall time.
+
+    Each group is ``{"lengths", "truncated", "aborted", "kept", "rewards"}`` in candidate-index order; the baseline's
+    lengths come from its responses, DARTS lengths from ``pop_group_outcomes()`` (checked against the kept responses).
+    """
+    import ray
+    from tqdm import tqdm
+
+    if plan is not None:
+        stale = ray.get(engine.pop_group_outcomes.remote())
+        if stale:
+            raise RuntimeError(f"engine holds {len(stale)} group outcomes from an earlier call; pop them first")
+    ray.get(engine.reset_prefix_cache.remote())
+    start = time.perf_counter()
+    refs = []
+    for index, (prompt, label) in enumerate(zip(prompts, labels, strict=True)):
+        common = dict(prompt=prompt, label=label, sampling_params=sampling_params, max_length=max_length)
+        if plan is None:
+            ref = engine.generate_responses.remote(**common, hf_tokenizer=tokenizer, num_samples=n)
+        else:
+            ref = engine.generate_group.remote(**common, hf_tokenizer=tokenizer, plan=plan, group_id=index)
+        refs.append(ref)
+    position = {ref: i for i, ref in enumerate(refs)}
+    responses: list[list[dict] | None] = [None] * len(refs)
+    pending = list(refs)
+    with tqdm(total=len(refs), desc=f"{name:>13}", unit="prompt", disable=not progress, file=sys.stderr) as bar:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=10.0)
+            for ref in ready:
+                responses[position[ref]] = ray.get(ref)
+                bar.update(1)
+    wall_s = time.perf_counter() - start
+    if ray.get(engine.get_num_unfinished_requests.remote()) != 0:
+        raise RuntimeError(f"variant {name} left unfinished requests in the engine")
+
+    groups = []
+    if plan is None:
+        for i, group in enumerate(responses):
+            if len(group) != n:
+                raise RuntimeError(f"baseline returned {len(group)} responses for prompt {i}; expected n={n}")
+            groups.append(
+                {
+                    "lengths": [_response_length(r) for r in group],
+                    "truncated": [bool(r["truncated"]) for r in group],
+                    "aborted": [False] * n,
+                    "kept": list(range(n)),
+                    "rewards": [_reward(r) for r in group],
+                }
+            )
+    else:
+        records = sorted(ray.get(engine.pop_group_outcomes.remote()), key=lambda r: r["group_id"])
+        if [r["group_id"] for r in records] != list(range(len(prompts))):
+            raise RuntimeError(f"variant {name}: outcomes for groups {[r['group_id'] for r in records]}, expected all")
+        for i, (record, group) in enumerate(zip(records, responses)):
+            outcome = GroupOutcome.from_dict(record["outcome"])
+            if len(group) != n or [_response_length(r) for r in group] != list(outcome.kept_lengths):
+                raise RuntimeError(f"variant {name}, prompt {i}: kept responses disagree with the group outcome")
+            groups.append(
+                {
+                    "lengths": list(outcome.lengths),
+                    "truncated": list(outcome.truncated),
+                    "aborted": list(outcome.aborted),
+                    "kept": list(outcome.kept),
+                    "rewards": [_reward(r) for r in group],
+                }
+            )
+    return {"wall_s": wall_s, "groups": groups}
+
+
+def _reward(response: dict) -> float | None:
+    reward = response.get("reward")
+    if reward is None:
+        return None
+    return float(reward.flatten()[0]) if hasattr(reward, "flatten") else float(reward)
+
+
+# ---- figures -----------------------------------------------------------------------------------------------------
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in [0, 100]) of a non-empty sequence."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(len(ordered) * q / 100))
+    return float(ordered[rank - 1])
+
+
+def length_summary(values: Sequence[int]) -> dict[str, float]:
+    return {
+        "mean": statistics.fmean(values),
+        "p50": percentile(values, 50),
+        "p90": percentile(values, 90),
+        "max": float(max(values)),
+    }
+
+
+def prompt_oracle(group: dict, n: int, shortest_only: bool) -> int:
+    """Earliest decode step the prompt could be done given its candidates' lengths (module docstring)."""
+    if not shortest_only:
+        return max(group["lengths"])
+    valid = sorted(
+        length for length, cut, ab in zip(group["lengths"], group["truncated"], group["aborted"]) if not (cut or ab)
+    )
+    return valid[n - 1] if len(valid) >= n else max(group["lengths"])
+
+
+def summarize(run: dict[str, Any], n: int, shortest_only: bool) -> dict[str, Any]:
+    """The per-variant figures of the table from one ``run_variant`` result."""
+    groups = run["groups"]
+    all_lengths = [length for g in groups for length in g["lengths"]]
+    kept_lengths = [g["lengths"][j] for g in groups for j in g["kept"]]
+    for i, g in enumerate(groups):
+        if len(g["kept"]) != n:
+            raise RuntimeError(f"prompt {i} kept {len(g['kept'])} candidates; expected exactly n={n}")
+    generated, kept = sum(all_lengths), sum(kept_lengths)
+    oracles = [prompt_oracle(g, n, shortest_only) for g in groups]
+    rewards = [r for g in groups for r in g["rewards"] if r is not None]
+
+    def ratio(lengths: Sequence[int]) -> float:
+        median = statistics.median(lengths)
+        return max(lengths) / median if median > 0 else float("nan")
+
+    return {
+        "candidates": len(all_lengths),
+        "wall_s": run["wall_s"],
+        "decode_steps": max(all_lengths),
+        "oracle_decode_steps": max(oracles),
+        "tokens_generated": generated,
+        "tokens_kept": kept,
+        "tokens_wasted": generated - kept,
+        "tokens_per_s": generated / run["wall_s"] if run["wall_s"] > 0 else float("nan"),
+        "kept_length": length_summary(kept_lengths),
+        "all_length": length_summary(all_lengths),
+        "max_median_ratio_all": statistics.fmean(ratio(g["lengths"]) for g in groups),
+        "max_median_ratio_kept": statistics.fmean(ratio([g["lengths"][j] for j in g["kept"]]) for g in groups),
+        "aborted": sum(sum(g["aborted"]) for g in groups),
+        # Groups with fewer than n untruncated finishes: the fill branch of §3(b) ran, and no early stop was possible.
+        "underfilled_groups": sum(
+            sum(not (cut or ab) for cut, ab in zip(g["truncated"], g["aborted"])) < n for g in groups
+        ),
+        "truncated": sum(sum(g["truncated"]) for g in groups),
+        "kept_reward_mean": statistics.fmean(rewards) if rewards else None,
+        "prompt_oracle_steps": oracles,
+    }
+
+
+# ---- the benchmark -----------------------------------------------------------------------------------------------
+def run_benchmark(
+    engine,
+    tokenizer,
+    prompts: Sequence[str],
+    labels: Sequence[str],
+    n: int,
+    max_tokens: int,
+    max_length: int,
+    stop_token_ids: Sequence[int] = (),
+    temperature: float = 1.0,
+    progress: bool = True,
+    variants: Sequence[str] = VARIANTS,
+) -> dict[str, Any]:
+    """Warm up, then run each variant on the same prompts; returns the report (``meta`` filled in by the caller)."""
+    import ray
+    from vllm import SamplingParams
+
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ValueError(f"--max-tokens={max_tokens!r} is not a positive int")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"variants {unknown} are unknown; choose from {list(VARIANTS)}")
+    plans = variant_plans(n)
+    # The samples generator's sampling parameters (upstream.rollout_sampling_params), plus the extra stop tokens.
+    sampling_params = SamplingParams(
+        temperature=temperature,
+        top_p=1.0,
+        top_k=-1,
+        max_tokens=max_tokens,
+        min_tokens=1,
+        skip_special_tokens=False,
+        stop_token_ids=list(stop_token_ids) or None,
+    )
+    warmup = SamplingParams(temperature=temperature, max_tokens=8, min_tokens=1, skip_special_tokens=False)
+    ray.get(engine.generate_responses.remote("warm up", "", warmup, max_length, tokenizer, num_samples=2))
+
+    limits = engine_limits(engine)
+    prompt_lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    report: dict[str, Any] = {"meta": {}, "engine": limits, "variants": {}}
+    for name in variants:
+        candidates = candidates_per_prompt(name, n)
+        run = run_variant(
+            engine, name, plans[name], prompts, labels, sampling_params, tokenizer, n, max_length, progress
+        )
+        stats = summarize(run, n, shortest_only=plans[name] is not None and plans[name].shortest_only)
+        requests = candidates * len(prompts)
+        blocks = blocks_needed(prompt_lengths, candidates, max_tokens, limits["block_size"])
+        stats["all_admitted"] = requests <= limits["max_num_seqs"] and blocks <= limits["num_kv_blocks"]
+        stats["kv_blocks_needed_upper_bound"] = blocks
+        plan = plans[name]
+        report["variants"][name] = {
+            "plan": {"num_candidates": candidates, "num_keep": n, "num_long": 0 if plan is None else plan.num_long},
+            "path": "generate_responses" if plan is None else "generate_group",
+            "stats": stats,
+            "groups": run["groups"],
+        }
+    if "baseline" in report["variants"]:
+        base = report["variants"]["baseline"]["stats"]
+        report["ratios_vs_baseline"] = {
+            name: {
+                "decode_steps": v["stats"]["decode_steps"] / base["decode_steps"],
+                "oracle_decode_steps": v["stats"]["oracle_decode_steps"] / base["oracle_decode_steps"],
+                "wall_s": v["stats"]["wall_s"] / base["wall_s"],
+                "tokens_generated": v["stats"]["tokens_generated"] / base["tokens_generated"],
+                "kept_length_mean": v["stats"]["kept_length"]["mean"] / base["kept_length"]["mean"],
+            }
+            for name, v in report["variants"].items()
+        }
+    return report
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The comparison table, metrics as rows and variants as columns."""
+    names = list(report["variants"])
+    stats = {name: report["variants"][name]["stats"] for name in names}
+    plans = {name: report["variants"][name]["plan"] for name in names}
+    ratios = report.get("ratios_vs_baseline", {})
+
+    width = 19  # fits "1234/1234/1234/1234" with a gap
+
+    def row(label: str, values: list[str]) -> str:
+        return f"{label:<34}" + "".join(f"{v:>{width}}" for v in values)
+
+    def lengths(key: str) -> list[str]:
+        return [
+            "{mean:.0f}/{p50:.0f}/{p90:.0f}/{max:.0f}".format(**stats[name][key]) for name in names
+        ]  # fmt: skip
+
+    lines = [row("metric", names), "-" * (34 + width * len(names))]
+    lines.append(
+        row("candidates / kept per prompt", [f"{plans[m]['num_candidates']}/{plans[m]['num_keep']}" for m in names])
+    )
+    lines.append(row("num_long (L)", [str(plans[m]["num_long"]) for m in names]))
+    lines.append(row("wall time (s)", [f"{stats[m]['wall_s']:.2f}" for m in names]))
+    lines.append(row("decode steps (longest request)", [str(stats[m]["decode_steps"]) for m in names]))
+    if ratios:
+        lines.append(row("  ratio vs baseline", [f"{ratios[m]['decode_steps']:.3f}" for m in names]))
+    lines.append(row("oracle decode steps", [str(stats[m]["oracle_decode_steps"]) for m in names]))
+    lines.append(row("all requests admitted at once", ["yes" if stats[m]["all_admitted"] else "NO" for m in names]))
+    lines.append(row("tokens generated", [str(stats[m]["tokens_generated"]) for m in names]))
+    lines.append(row("tokens kept", [str(stats[m]["tokens_kept"]) for m in names]))
+    lines.append(row("tokens wasted", [str(stats[m]["tokens_wasted"]) for m in names]))
+    lines.append(row("tokens / s", [f"{stats[m]['tokens_per_s']:.0f}" for m in names]))
+    lines.append(row("kept length mean/p50/p90/max", lengths("kept_length")))
+    lines.append(row("all length mean/p50/p90/max", lengths("all_length")))
+    lines.append(row("per-prompt max/median, all", [f"{stats[m]['max_median_ratio_all']:.2f}" for m in names]))
+    lines.append(row("per-prompt max/median, kept", [f"{stats[m]['max_median_ratio_kept']:.2f}" for m in names]))
+    lines.append(
+        row("aborted / truncated candidates", [f"{stats[m]['aborted']}/{stats[m]['truncated']}" for m in names])
+    )
+    lines.append(row("groups with < n untruncated", [str(stats[m]["underfilled_groups"]) for m in names]))
+    rewards = [stats[m]["kept_reward_mean"] for m in names]
+    lines.append(row("kept reward mean", ["-" if r is None else f"{r:.3f}" for r in rewards]))
+    return "\n".join(lines)
+
+
+def plot_lengths(report: dict[str, Any], path: str | os.PathLike) -> None:
+    """Histograms of kept vs all candidate lengths, one panel per variant (aborted candidates at partial length)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["variants"])
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), sharex=True, squeeze=False)
+    top = max(length for v in report["variants"].values() for g in v["groups"] for length in g["lengths"])
+    bins = max(5, min(40, top // 4 or 1))
+    for ax, name in zip(axes[0], names):
+        groups = report["variants"][name]["groups"]
+        all_lengths = [length for g in groups for length in g["lengths"]]
+        kept = [g["lengths"][j] for g in groups for j in g["kept"]]
+        ax.hist(all_lengths, bins=bins, range=(0, top), alpha=0.5, label=f"all ({len(all_lengths)})")
+        ax.hist(kept, bins=bins, range=(0, top), alpha=0.7, label=f"kept ({len(kept)})")
+        stats = report["variants"][name]["stats"]
+        ax.axvline(stats["decode_steps"], color="k", linestyle="--", linewidth=1, label="decode steps")
+        ax.set_title(f"{name}: {report['variants'][name]['plan']['num_candidates']} cand./prompt")
+        ax.set_xlabel("response length (tokens)")
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("candidates")
+    fig.suptitle(f"rollout lengths, model={report['meta'].get('model', '?')}, n={report['meta'].get('n', '?')}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(report: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, str]:
+    """report.json, lengths.png and table.txt under ``out_dir``; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "report.json", "png": out / "lengths.png", "table": out / "table.txt"}
+    paths["json"].write_text(json.dumps(report, indent=1) + "\n")
+    plot_lengths(report, paths["png"])
+    paths["table"].write_text(format_table(report) + "\n")
+    return {key: str(path) for key, path in paths.items()}
+
+
+# ---- CLI ---------------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m openrlhf_darts.bench.rollout", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="tiny", help="tiny, smollm2 or a local Hugging Face model folder")
+    parser.add_argument("--prompts", default=None, help="JSONL file with a 'prompt' field per line (used verbatim)")
+    parser.add_argument("--n", type=int, default=8, help="samples kept per prompt (n_samples_per_prompt)")
+    parser.add_argument("--num-prompts", type=int, default=16, help="prompts in the batch")
+    parser.add_argument("--max-tokens", type=int, default=128, help="response length cap")
+    parser.add_argument("--out", default="runs/bench_rollout", help="output folder")
+    parser.add_argument("--seed", type=int, default=0, help="problem generator and engine seed")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument(
+        "--extra-stop-tokens",
+        type=int,
+        default=None,
+        help=f"ordinary tokens added as stop tokens (default {TINY_EXTRA_STOP_TOKENS} for tiny, 0 otherwise)",
+    )
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> None:
+    variant_plans(args.n)
+    for flag, value in (("--num-prompts", args.num_prompts), ("--max-tokens", args.max_tokens)):
+        if value < 1:
+            raise ValueError(f"{flag}={value} is not positive; pass at least 1")
+    if args.extra_stop_tokens is not None and args.extra_stop_tokens < 0:
+        raise ValueError(f"--extra-stop-tokens={args.extra_stop_tokens} is negative; pass 0 or more")
+    if not 0.0 < args.temperature:
+        raise ValueError(f"--temperature={args.temperature} is not positive; DARTS needs sampled candidates (use 1.0)")
+    if args.prompts is not None and not Path(args.prompts).is_file():
+        raise ValueError(f"--prompts {args.prompts} is not a file; pass a JSONL file or leave it out")
+
+
+def prepare(args: argparse.Namespace):
+    """Model folder, tokenizer, prompts/labels, stop tokens and engine sizes for a CLI run (no engine yet)."""
+    from transformers import AutoTokenizer
+
+    from openrlhf_darts.models import resolve_model
+
+    model_path = resolve_model(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if args.prompts:
+        prompts, labels = load_prompts(args.prompts)
+        prompts, labels = prompts[: args.num_prompts], labels[: args.num_prompts]
+        source = f"file {args.prompts} (verbatim)"
+    else:
+        prompts, labels = builtin_prompts(tokenizer, args.num_prompts, args.seed)
+        source = "built-in arithmetic word problems (openrlhf_darts.bench.tasks), chat template applied"
+    count = args.extra_stop_tokens
+    if count is None:
+        count = TINY_EXTRA_STOP_TOKENS if args.model == "tiny" else 0
+    stop_ids = extra_stop_token_ids(tokenizer, count)
+    prompt_lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    max_model_len = 64 * math.ceil((max(prompt_lengths) + args.max_tokens) / 64)
+    config = json.loads((Path(model_path) / "config.json").read_text())
+    if max_model_len > config.get("max_position_embeddings", max_model_len):
+        raise ValueError(
+            f"longest prompt ({max(prompt_lengths)} tokens) + --max-tokens={args.max_tokens} exceeds the model's "
+            f"{config['max_position_embeddings']} positions; lower --max-tokens"
+        )
+    most = max(candidates_per_prompt(v, args.n) for v in VARIANTS)
+    kv_bytes = kv_bytes_per_token(model_path) * CPU_BLOCK_SIZE * blocks_needed(
+        prompt_lengths, most, args.max_tokens, CPU_BLOCK_SIZE
+    )
+    env = {
+        "OPENRLHF_DARTS_CPU_KV_CACHE_BYTES": str(max(MIN_KV_CACHE_BYTES, int(1.1 * kv_bytes))),
+        "OPENRLHF_DARTS_CPU_MAX_NUM_SEQS": str(max(128, most * len(prompts))),
+    }
+    meta = {
+        "model": args.model,
+        "model_path": model_path,
+        "n": args.n,
+        "num_prompts": len(prompts),
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+        "seed": args.seed,
+        "prompts": source,
+        "prompt_tokens_mean": statistics.fmean(prompt_lengths),
+        "extra_stop_token_ids": len(stop_ids),
+        "extra_stop_note": (
+            f"{len(stop_ids)} ordinary tokens were added as stop tokens to every request of every variant, so the "
+            "random tiny model stops at varied lengths"
+            if stop_ids
+            else "none"
+        ),
+        "decode_steps_definition": "largest number of tokens any request of the batch decoded (aborted: partial); "
+        "equals engine decode steps when all requests are admitted at once (all_admitted)",
+        "oracle_definition": "max over prompts of: max candidate length (baseline, dual_end) or the n-th shortest "
+        "valid length (shortest_only)",
+        "engine_env": env,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": "cpu",
+        "cpu_count": os.cpu_count(),
+        "load_average_1m_at_start": os.getloadavg()[0],
+        # Ray starts workers (the engine actor and its vLLM process) at niceness 15 unless this says otherwise.
+        "ray_worker_niceness": os.environ.get("RAY_worker_niceness", "15 (Ray's default)"),
+    }
+    return model_path, tokenizer, prompts, labels, stop_ids, max_model_len, env, meta
+
+
+def run_from_args(args: argparse.Namespace, repeats: int = 1, before=None) -> list[dict[str, Any]]:
+    """Check the CLI arguments, start Ray and one engine, run the benchmark ``repeats`` times on it; one report each.
+
+    ``before(engine, context)``, when given, runs on the engine first with ``context`` = {meta, tokenizer, prompts,
+    labels, n, max_length} (validate_sim measures there, under the same conditions as the benchmark). Outputs are
+    written for the first report and its table is printed.
+    """
+    check_args(args)
+    model_path, tokenizer, prompts, labels, stop_ids, max_model_len, env, meta = prepare(args)
+    import ray
+
+    reward = REWARD_FILE if not args.prompts or any(labels) else None
+    meta["reward"] = "exact answer (openrlhf_darts.bench.tasks.reward_func)" if reward else "none"
+    init_ray(env)
+    reports = []
+    try:
+        engine = create_engine(model_path, args.seed, max_model_len, remote_rm_url=reward)
+        if before is not None:
+            context = dict(meta=meta, tokenizer=tokenizer, prompts=prompts, labels=labels, n=args.n)
+            before(engine, dict(context, max_length=max_model_len))
+        for _ in range(repeats):
+            reports.append(
+                run_benchmark(
+                    engine, tokenizer, prompts, labels, args.n, args.max_tokens, max_model_len, stop_ids,
+                    args.temperature,
+                )  # fmt: skip
+            )
+            reports[-1]["meta"] = dict(meta, load_average_1m_at_end=os.getloadavg()[0])
+    finally:
+        ray.shutdown()
+    paths = write_outputs(reports[0], args.out)
+    print(format_table(reports[0]))
+    print(f"\nwrote {paths['json']}, {paths['png']}, {paths['table']}")
+    return reports
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    return run_from_args(build_parser().parse_args(argv))[0]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Built-in arithmetic word problems with an exact-answer reward, for benchmarks and local training without datasets.
+
+Why: our machines reach no dataset hub, and a rollout benchmark needs prompts whose answers (a) have a checkable label
+and (b) invite reasoning of varying length. Problems chain one to three operations on small integers, so the labels are
+exact integers and longer chains invite longer answers.
+
+Three public pieces:
+- ``make_problems(num, seed, max_ops=3)`` -> ``[{"prompt": str, "answer": str}, ...]``; the prompt is plain text
+  (render it through a chat template yourself), the answer an integer as a string. Same seed, same problems.
+  ``max_ops`` sets the difficulty: 0 gives "copy" problems (the answer is the number the prompt states), 1 one small
+  addition or subtraction, 2 or more chains of one to ``max_ops`` operations of every kind (the default, 3, is the
+  original task). Easier levels exist for policies too small to solve chains, such as the local demo's tiny model.
+- ``extract_answer(text)`` -> the final answer a response states, normalised (``"1,200"`` -> ``"1200"``), or None.
+- ``reward_func(queries, prompts, labels)``: OpenRLHF's ``--reward.remote_url file.py`` contract. ``queries`` are the
+  decoded prompt + response, ``labels`` the answers; returns ``{"rewards", "scores", "extra_logs"}`` with tensors of
+  shape (B,), as upstream's example reward function does. Reward 1.0 for an exact answer, else 0.0.
+
+Standard library only at import (torch is imported inside ``reward_func``, which runs where torch is loaded anyway).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+__all__ = ["ANSWER_INSTRUCTION", "extract_answer", "make_problems", "reward_func"]
+
+ANSWER_INSTRUCTION = "Think step by step, then give the final answer on the last line as 'Answer: <number>'."
+
+_NAMES = ("Ava", "Ben", "Chloe", "Dan", "Emma", "Finn", "Grace", "Hugo", "Iris", "Jack", "Lena", "Omar", "Rosa", "Sam")
+_ITEMS = ("apples", "marbles", "books", "stickers", "coins", "pencils", "cookies", "stamps", "shells", "cards")
+_CONTAINERS = ("boxes", "bags", "jars", "packs", "baskets")
+
+
+def _start(rng: random.Random, name: str, item: str) -> tuple[str, int]:
+    value = rng.randint(5, 60)
+    return f"{name} has {value} {item}.", value
+
+
+def _step(rng: random.Random, value: int, name: str, item: str) -> tuple[str, int]:
+    """One more operation on the running total; keeps the total a positive integer."""
+    kind = rng.choice(("add", "sub", "mul", "div", "buy_boxes"))
+    if kind == "add":
+        b = rng.randint(2, 40)
+        return f"Then {name} finds {b} more {item}.", value + b
+    if kind == "sub" and value > 2:
+        b = rng.randint(1, value - 1)
+        return f"Then {name} gives {b} {item} to a friend.", value - b
+    if kind == "mul" and value <= 200:
+        k = rng.randint(2, 4)
+        word = {2: "doubles", 3: "triples", 4: "quadruples"}[k]
+        return f"Then {name} {word} the number of {item}.", value * k
+    if kind == "div":
+        divisors = [d for d in (2, 3, 4, 5) if value % d == 0]
+        if divisors:
+            d = rng.choice(divisors)
+            return f"Then {name} splits the {item} equally into {d} groups and keeps one group.", value // d
+    boxes, per_box = rng.randint(2, 6), rng.randint(2, 12)
+    container = rng.choice(_CONTAINERS)
+    return f"Then {name} buys {boxes} {container} with {per_box} {item} in each.", value + boxes * per_box
+
+
+def _small_step(rng: random.Random, value: int, name: str, item: str) -> tuple[str, int]:
+    """One addition or subtraction of a one-digit number, in `_step`'s wording (the easy level's only operation)."""
+    if rng.random() < 0.5:
+        b = rng.randint(2, 9)
+        return f"Then {name} finds {b} more {item}.", value + b
+    b = rng.randint(1, min(9, value - 1))
+    return f"Then {name} gives {b} {item} to a friend.", value - b
+
+
+def make_problems(num: int, seed: int = 0, max_ops: int = 3) -> list[dict[str, str]]:
+    """``num`` word problems of up to ``max_ops`` operations, deterministic in ``seed`` (and ``max_ops``).
+
+    ``max_ops=0``: copy problems ("Ava has 17 apples. How many apples does Ava have?"); ``max_ops=1``: one addition or
+    subtraction of a one-digit number; ``max_ops>=2``: one to ``max_ops`` operations of every kind. The default, 3,
+    draws exactly the problems this function drew before ``max_ops`` existed.
+    Each item is ``{"prompt": text ending with ANSWER_INSTRUCTION, "answer": integer as str}``.
+    """
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        raise ValueError(f"num={num!r} is not a positive int; ask for at least one problem")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed={seed!r} is not an int; pass an integer seed")
+    if isinstance(max_ops, bool) or not isinstance(max_ops, int) or max_ops < 0:
+        raise ValueError(f"max_ops={max_ops!r} is not an int >= 0; pass 0 (copy), 1 (one small step) or 2+ (chains)")
+    rng = random.Random(seed)
+    problems = []
+    for _ in range(num):
+        name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
+        sentence, value = _start(rng, name, item)
+        sentences = [sentence]
+        if max_ops == 0:
+            sentences.append(f"How many {item} does {name} have?")
+            problems.append({"prompt": " ".join(sentences) + " " + ANSWER_INSTRUCTION, "answer": str(value)})
+            continue
+        if max_ops == 1:
+            sentence, value = _small_step(rng, value, name, item)
+            sentences.append(sentence)
+        else:
+            for _ in range(rng.randint(1, max_ops)):
+                sentence, value = _step(rng, value, name, item)
+                sentences.append(sentence)
+        sentences.append(f"How many {item} does {name} have now?")
+        problems.append({"prompt": " ".join(sentences) + " " + ANSWER_INSTRUCTION, "answer": str(value)})
+    return problems
+
+
+_NUMBER = r"-?\d[\d,]*(?:\.\d+)?"
+# Most explicit first: a boxed answer, GSM8K's "####", "Answer: N", "the answer is N"; else the last number.
+_PATTERNS = (
+    re.compile(r"\\boxed\{\s*(" + _NUMBER + r")\s*\}"),
+    re.compile(r"####\s*(" + _NUMBER + ")"),
+    re.compile(r"answer\s*(?:is|:)?\s*[:=]?\s*\**\s*\$?(" + _NUMBER + ")", re.IGNORECASE),
+)
+_ANY_NUMBER = re.compile(_NUMBER)
+
+
+def _normalize(number: str) -> str:
+    number = number.replace(",", "")
+    if "." in number:
+        number = number.rstrip("0").rstrip(".")
+    return "0" if number in ("-0", "") else number
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer a response states, normalised (commas dropped, ``"12.0"`` -> ``"12"``); None without a number.
+
+    The last match of the most explicit pattern wins: ``\\boxed{N}``, then ``#### N``, then ``Answer: N`` / ``the
+    answer is N``, then the last number anywhere in the text.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text={text!r} has type {type(text).__name__}; expected the response as a str")
+    for pattern in _PATTERNS:
+        matches = pattern.findall(text)
+        if matches:
+            return _normalize(matches[-1])
+    numbers = _ANY_NUMBER.findall(text)
+    return _normalize(numbers[-1]) if numbers else None
+
+
+def _response_part(query: str, prompt: str) -> str:
+    """The response inside ``query`` (= decoded prompt + response); the prompt's numbers must not count as answers."""
+    if query.startswith(prompt):
+        return query[len(prompt) :]
+    # Decoding may not reproduce the prompt byte for byte (special tokens, spaces); cut at the common prefix instead.
+    common = 0
+    for a, b in zip(query, prompt):
+        if a != b:
+            break
+        common += 1
+    return query[common:]
+
+
+def reward_func(queries: list[str], prompts: list[str], labels: list[str]) -> dict:
+    """Exact-answer reward in OpenRLHF's ``reward_func`` format: 1.0 when ``extract_answer`` equals the label."""
+    import torch
+
+    if not (len(queries) == len(prompts) == len(labels)):
+        raise ValueError(
+            f"got {len(queries)} queries, {len(prompts)} prompts and {len(labels)} labels; "
+            "expected one of each per sample"
+        )
+    rewards, answered = [], []
+    for query, prompt, label in zip(queries, prompts, labels):
+        answer = extract_answer(_response_part(query, prompt))
+        rewards.append(float(answer is not None and answer == _normalize(str(label).strip())))
+        answered.append(float(answer is not None))
+    rewards_t = torch.tensor(rewards, dtype=torch.float32)  # (B,)
+    return {
+        "rewards": rewards_t,
+        "scores": rewards_t,
+        "extra_logs": {"answered": torch.tensor(answered, dtype=torch.float32)},  # (B,)
+    }

@@ -1,0 +1,298 @@
+"""The verbosity task's starting policy: a tiny Qwen2 fine-tuned to solve easy word problems at random lengths.
+
+Why: a random model's lengths say nothing about reasoning, and SmolLM2 is slow on two cores. DARTS shapes
+*intra-prompt* length spread, so the local demo needs a policy that (a) answers `bench.tasks` problems in the reward's
+format, sometimes correctly, and (b) for the same prompt sometimes answers tersely and sometimes re-checks its work
+many times. A minute or two of supervised training on targets with a heavy-tailed number of self-check sentences gives
+both:
+
+    Start with 47 cookies. 47 + 6 = 53. Let me check: 47 + 6 = 53. Yes. So far so good. ...
+    Answer: 53
+
+GRPO learns only from groups whose rewards differ, so the problems must sit where this model is right part of the
+time. Chains of one to three operations (`bench.tasks`' default) are out of reach of 0.4 M parameters trained for a
+minute: reward was 0 on almost every sample. `DIFFICULTIES` names problem mixes; "easy", the default for both this
+fine-tuning and the local RL prompts, is mostly copy problems ("Ava has 17 apples. How many apples does Ava have?")
+and some one-digit additions and subtractions, which the fine-tuned model answers right at temperature 1.0 in between
+always and never.
+
+The number of checks is drawn per target (about half 0-1, a third 2-5, the rest 6-14), independent of the prompt, so
+every prompt inherits the same long tail. Loss covers response tokens only. The model reuses the tiny model's tokenizer
+and chat template with a slightly larger body (hidden 96, 3 layers, head size 32 for vLLM's CPU attention), about 0.4 M
+parameters. Built once and cached under ``<cache>/tiny-verbose`` (stamped like the other local models); the same seed
+and recipe give the same weights.
+
+Run it alone: ``python -m openrlhf_darts.local.sft [--steps N] [--cache_dir DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from openrlhf_darts.bench.tasks import make_problems
+from openrlhf_darts.models import default_cache_dir, resolve_model
+
+logger = logging.getLogger(__name__)
+
+DIR_NAME = "tiny-verbose"
+_RECIPE_VERSION = 2  # bump when targets, model shape, problem mix or training change, so stale caches rebuild
+_STAMP = ".openrlhf_darts_sft.json"
+SFT_SEED_OFFSET = 10_000  # SFT problems use seeds far from the RL prompts' seeds
+
+# --- problems: named difficulty mixes -------------------------------------------------------------------------------
+
+# Share of problems at each `make_problems(max_ops=...)` level: 0 copy, 1 one small step, 3 chains of 1-3 operations.
+DIFFICULTIES: dict[str, dict[int, float]] = {
+    "easy": {0: 0.7, 1: 0.3},
+    "copy": {0: 1.0},
+    "one_op": {1: 1.0},
+    "chain": {3: 1.0},
+}
+
+
+def mixed_problems(num: int, seed: int, difficulty: str = "easy") -> list[dict[str, str]]:
+    """``num`` `bench.tasks` problems in the `DIFFICULTIES` mix named ``difficulty``, deterministic in ``seed``.
+
+    Each problem's level is drawn from the mix; level ``k`` problems come from ``make_problems(.., seed * 10 + k,
+    max_ops=k)`` in order, so two seeds never share a level's stream.
+    """
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty={difficulty!r} is unknown; choose one of {sorted(DIFFICULTIES)}")
+    rng = random.Random(seed)
+    levels, weights = zip(*DIFFICULTIES[difficulty].items())
+    drawn = rng.choices(levels, weights=weights, k=num)
+    pools = {k: iter(make_problems(drawn.count(k), seed * 10 + k, max_ops=k)) for k in set(drawn)}
+    return [next(pools[k]) for k in drawn]
+
+
+# --- targets: reasoning of random length -------------------------------------------------------------------------
+
+_START = re.compile(r"^(\w+) has (\d+) (\w+)\.$")
+_FIND = re.compile(r"^Then \w+ finds (\d+) more \w+\.$")
+_GIVE = re.compile(r"^Then \w+ gives (\d+) \w+ to a friend\.$")
+_SCALE = re.compile(r"^Then \w+ (doubles|triples|quadruples) the number of \w+\.$")
+_SPLIT = re.compile(r"^Then \w+ splits the \w+ equally into (\d+) groups and keeps one group\.$")
+_BUY = re.compile(r"^Then \w+ buys (\d+) \w+ with (\d+) \w+ in each\.$")
+_FACTORS = {"doubles": 2, "triples": 3, "quadruples": 4}
+_FILLERS = ("Wait, let me read the question again.", "So far so good.", "I will go over each step once more.")
+
+
+def solution_steps(prompt: str, answer: str) -> tuple[str, list[str]]:
+    """The opening clause and the equations that solve a `bench.tasks` problem, checked against its label.
+
+    Raises ValueError when a sentence matches no known template or the chain misses the label: the task generator
+    changed, and these targets must follow it.
+    """
+    sentences = re.findall(r"[^.?]+[.?]", prompt)
+    start = _START.match(sentences[0].strip())
+    if start is None:
+        raise ValueError(f"problem {prompt!r} does not open with '<name> has <n> <items>.'; update local/sft.py")
+    value, item = int(start.group(2)), start.group(3)
+    equations = []
+    for sentence in (s.strip() for s in sentences[1:]):
+        if not sentence.startswith("Then "):
+            continue
+        if m := _FIND.match(sentence):
+            new = value + int(m.group(1))
+            equations.append(f"{value} + {m.group(1)} = {new}.")
+        elif m := _GIVE.match(sentence):
+            new = value - int(m.group(1))
+            equations.append(f"{value} - {m.group(1)} = {new}.")
+        elif m := _SCALE.match(sentence):
+            factor = _FACTORS[m.group(1)]
+            new = value * factor
+            equations.append(f"{value} * {factor} = {new}.")
+        elif m := _SPLIT.match(sentence):
+            new = value // int(m.group(1))
+            equations.append(f"{value} / {m.group(1)} = {new}.")
+        elif m := _BUY.match(sentence):
+            boxes, per_box = int(m.group(1)), int(m.group(2))
+            extra = boxes * per_box
+            new = value + extra
+            equations += [f"{boxes} * {per_box} = {extra}.", f"{value} + {extra} = {new}."]
+        else:
+            raise ValueError(f"sentence {sentence!r} of problem {prompt!r} matches no template; update local/sft.py")
+        value = new
+    if str(value) != answer:
+        raise ValueError(f"solving {prompt!r} gave {value}, but its label is {answer}; update local/sft.py")
+    return f"Start with {start.group(2)} {item}.", equations
+
+
+def num_checks(rng: random.Random) -> int:
+    """Self-check sentences in one target: heavy-tailed, so a prompt's sampled answers span short to very long."""
+    draw = rng.random()
+    if draw < 0.5:
+        return rng.randint(0, 1)
+    if draw < 0.85:
+        return rng.randint(2, 5)
+    return rng.randint(6, 14)
+
+
+def verbose_target(prompt: str, answer: str, rng: random.Random) -> str:
+    """One supervised answer: the solution, a random number of checks and fillers, then 'Answer: N' on its own line."""
+    opening, equations = solution_steps(prompt, answer)
+    checkable = equations or [f"the count is {answer}."]  # a copy problem has no equation; its checks restate N
+    checks = []
+    for _ in range(num_checks(rng)):
+        if rng.random() < 0.75:
+            checks.append(f"Let me check: {rng.choice(checkable)[:-1]}. Yes.")
+        else:
+            checks.append(rng.choice(_FILLERS))
+    return " ".join([opening, *equations, *checks]) + f"\nAnswer: {answer}"
+
+
+# --- model and training ---------------------------------------------------------------------------------------------
+
+MODEL_SHAPE = dict(
+    hidden_size=96,
+    intermediate_size=256,
+    num_hidden_layers=3,
+    num_attention_heads=3,  # head size 32: supported by vLLM's CPU attention
+    num_key_value_heads=1,
+    max_position_embeddings=1024,
+    tie_word_embeddings=True,
+)
+
+
+def _encode(tokenizer, prompt: str, target: str) -> tuple[list[int], int]:
+    """Token ids of chat prompt + target + EOS, and the prompt's length (positions before it carry no loss)."""
+    messages = [{"role": "user", "content": prompt}]
+    prefix = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    prompt_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return prompt_ids + target_ids, len(prompt_ids)
+
+
+def train_verbose_model(
+    out_dir: str | os.PathLike,
+    steps: int = 150,
+    batch_size: int = 16,
+    seed: int = 0,
+    lr: float = 3e-3,
+    difficulty: str = "easy",
+) -> dict:
+    """Fine-tune a fresh tiny-verbose model for `steps` AdamW steps and save it to `out_dir`; returns a summary.
+
+    Deterministic for a given seed (fixed step count, not a time budget); progress is shown with tqdm.
+    """
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps={steps}, batch_size={batch_size}: both must be >= 1")
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("tiny"))
+    problems = mixed_problems(steps * batch_size, SFT_SEED_OFFSET + seed, difficulty)
+    examples = [_encode(tokenizer, p["prompt"], verbose_target(p["prompt"], p["answer"], rng)) for p in problems]
+    # Batches of similar lengths, in random order: heavy-tailed targets padded to their batch's longest were half
+    # padding, and this halves the step time on CPU.
+    examples.sort(key=lambda example: len(example[0]))
+    batches = [examples[i : i + batch_size] for i in range(0, len(examples), batch_size)]
+    rng.shuffle(batches)
+
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        torch_dtype="float32",
+        **MODEL_SHAPE,
+    )
+    model = Qwen2ForCausalLM(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    warmup = max(1, steps // 10)
+
+    def lr_factor(step: int) -> float:
+        """Linear warmup, then cosine decay to 10% of lr."""
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / (steps - warmup)))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    model.train()
+    start, cpu_start, losses = time.perf_counter(), time.process_time(), []
+    bar = tqdm(batches, desc="SFT tiny-verbose", unit="step")
+    for batch in bar:
+        width = max(len(ids) for ids, _ in batch)
+        input_ids = torch.full((len(batch), width), tokenizer.pad_token_id)  # (B, T)
+        labels = torch.full((len(batch), width), -100)  # (B, T): -100 outside the response
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)  # (B, T)
+        for row, (ids, prompt_len) in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            labels[row, prompt_len : len(ids)] = torch.tensor(ids[prompt_len:])
+            attention_mask[row, : len(ids)] = 1
+        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return {
+        "steps": steps,
+        "batch_size": batch_size,
+        "seed": seed,
+        "difficulty": difficulty,
+        "final_loss": sum(losses[-10:]) / len(losses[-10:]),
+        "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu_start,  # all threads: on an idle machine, wall ~ this / cores
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def ensure_verbose_model(cache_dir: str | os.PathLike | None = None, steps: int = 150, seed: int = 0) -> str:
+    """The cached tiny-verbose model folder, trained first when missing or built by another recipe."""
+    folder = Path(cache_dir or default_cache_dir()) / DIR_NAME
+    wanted = {"recipe": _RECIPE_VERSION, "steps": steps, "seed": seed}
+    stamp = folder / _STAMP
+    if stamp.is_file():
+        found = json.loads(stamp.read_text())
+        if {k: found.get(k) for k in wanted} == wanted:
+            return str(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # Train into a temporary sibling and rename, so an interrupted build never leaves a half-written cache.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{DIR_NAME}-", dir=folder.parent))
+    try:
+        summary = train_verbose_model(tmp, steps=steps, seed=seed)
+        (tmp / _STAMP).write_text(json.dumps({**wanted, **summary}, indent=1))
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    logger.info("tiny-verbose model ready in %s: %s", folder, summary)
+    return str(folder)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=150, help="AdamW steps of 16 examples")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache_dir", default=None, help="default: $OPENRLHF_DARTS_CACHE or ~/.cache/openrlhf_darts")
+    args = parser.parse_args()
+    path = ensure_verbose_model(args.cache_dir, steps=args.steps, seed=args.seed)
+    print(path)
+    print((Path(path) / _STAMP).read_text())
+
+
+if __name__ == "__main__":
+    main()

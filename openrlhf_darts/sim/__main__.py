@@ -1,0 +1,142 @@
+"""CLI: estimated rollout time of the baseline and the DARTS variants at cluster scale.
+
+    python -m openrlhf_darts.sim [--trace 7b-like|14b-like|32b-like|REPORT.json ...] [--latency matched|NAME|FILE ...]
+                                 [--engines 64] [--prompts 512] [--n 8] [--repeats 3] [--seed 0]
+                                 [--prompt-spread X] [--out runs/sim]
+
+Prints one table per (trace, latency table), and writes ``sim.json``, ``table.txt`` and ``speedups.png`` under
+``--out``. ``--latency matched`` (the default) pairs each synthetic family with the H200 decode-step proxy of its model
+size and a recorded trace with the CPU profile of its model. The synthetic families and the ``gpu-like-synthetic``
+table are assumptions, not measurements (``sim/traces.py``, ``sim/latency.py``); a recorded trace is a rollout
+benchmark's ``report.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from openrlhf_darts.sim import latency as latency_tables
+from openrlhf_darts.sim.replay import VARIANTS, simulate
+from openrlhf_darts.sim.traces import FAMILIES, resolve_trace
+
+DEFAULT_LATENCY = ("matched",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m openrlhf_darts.sim", description=__doc__.split("\n")[0])
+    parser.add_argument("--trace", action="append", help=f"family {sorted(FAMILIES)} or report.json (repeatable)")
+    parser.add_argument(
+        "--latency",
+        action="append",
+        help="table name, profile file, or 'matched' (default): each family's H200 proxy, a recording's CPU profile",
+    )
+    parser.add_argument("--engines", type=int, default=64, help="vLLM engines")
+    parser.add_argument("--prompts", type=int, default=512, help="prompts per step (rollout batch size)")
+    parser.add_argument("--n", type=int, default=8, help="samples kept per prompt")
+    parser.add_argument("--repeats", type=int, default=3, help="independent steps averaged per variant")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument(
+        "--prompt-spread",
+        type=float,
+        default=None,
+        help="override the families' log-std of prompt medians (sensitivity; recorded traces ignore it)",
+    )
+    parser.add_argument("--out", default="runs/sim", help="output folder")
+    return parser
+
+
+def format_table(entry: dict[str, Any]) -> str:
+    header = (
+        f"{'variant':<14}{'rollout s':>11}{'speedup':>9}{'decode steps':>14}{'cand/prompt':>13}{'early-stop':>11}"
+        f"{'tokens gen':>13}{'wasted':>8}{'kept mean len':>15}"
+    )
+    lines = [f"trace: {entry['trace_description']}", f"latency: {entry['latency_description']}", header]
+    lines.append("-" * len(header))
+    for name, r in entry["variants"].items():
+        lines.append(
+            f"{name:<14}{r['rollout_time_s']:>11.2f}{r['speedup']:>9.3f}{r['decode_steps']:>14.0f}"
+            f"{r['candidates_mean']:>13.2f}{r['early_stop_ratio']:>11.2f}{r['tokens_generated']:>13.0f}"
+            f"{r['wasted_share']:>8.1%}{r['kept_length_mean']:>15.0f}"
+        )
+    return "\n".join(lines)
+
+
+def plot_speedups(entries: Sequence[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = [v for v in entries[0]["variants"] if v != "baseline"]
+    labels = [f"{e['trace']}\n{e['latency']}" for e in entries]
+    width = 0.8 / max(1, len(variants))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(entries)), 4))
+    for k, variant in enumerate(variants):
+        xs = [i + (k - (len(variants) - 1) / 2) * width for i in range(len(entries))]
+        ax.bar(xs, [e["variants"][variant]["speedup"] for e in entries], width, label=variant)
+    ax.axhline(1.0, color="k", linewidth=0.8)
+    ax.set_xticks(range(len(entries)), labels, fontsize=7)
+    ax.set_ylabel("simulated rollout speedup vs baseline")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    for flag, value in (("--engines", args.engines), ("--prompts", args.prompts), ("--repeats", args.repeats)):
+        if value < 1:
+            raise ValueError(f"{flag}={value} is not positive; pass at least 1")
+    traces = args.trace or list(FAMILIES)
+    entries = []
+    for trace in traces:
+        prompts, description = resolve_trace(trace, args.prompts, random.Random(args.seed), args.prompt_spread)
+        model = json.loads(Path(trace).read_text())["meta"].get("model") if trace.endswith(".json") else None
+        wanted = args.latency or DEFAULT_LATENCY
+        names = [latency_tables.matched_name(trace, model) if name == "matched" else name for name in wanted]
+        for name in names:
+            table = latency_tables.resolve_latency(name)
+            variants = simulate(prompts, args.n, args.engines, table, args.variants, args.repeats, args.seed)
+            entries.append(
+                {
+                    "trace": Path(trace).parent.name if trace.endswith(".json") else trace,
+                    "trace_description": description,
+                    "latency": name if not name.endswith(".json") else Path(name).stem,
+                    "latency_description": latency_tables.describe(table),
+                    "latency_table": table.to_dict(),
+                    "variants": variants,
+                }
+            )
+            print(format_table(entries[-1]) + "\n")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "meta": {
+            "engines": args.engines,
+            "prompts": args.prompts,
+            "n": args.n,
+            "repeats": args.repeats,
+            "seed": args.seed,
+            "prompt_spread_override": args.prompt_spread,
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "note": "cost-model estimates (openrlhf_darts.sim); synthetic families and tables are assumptions",
+        },
+        "results": entries,
+    }
+    (out / "sim.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "table.txt").write_text("\n\n".join(format_table(e) for e in entries) + "\n")
+    plot_speedups(entries, out / "speedups.png")
+    print(f"wrote {out / 'sim.json'}, {out / 'table.txt'}, {out / 'speedups.png'}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

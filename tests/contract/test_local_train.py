@@ -1,0 +1,127 @@
+"""Local mode end to end: a two-step DARTS GRPO run through upstream's own train_ppo_ray on the tiny model.
+
+The run happens in a subprocess (`python -m openrlhf_darts.local.train`) because the local mode starts its own Ray
+cluster sized to upstream's layout; this session's shared cluster must not be touched. The run writes one status
+record per step (what upstream logs, plus the DARTS and local keys); the assertions read those records and the final
+model upstream's `train()` saves.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.contract, pytest.mark.timeout(600)]
+
+PROMPTS, N, STEPS = 4, 4, 2
+# Deterministic reward with spread inside a group, so group_norm advantages are non-zero and the policy must move.
+REWARD = """
+import torch
+
+def reward_func(queries, prompts, labels):
+    r = torch.tensor([float(len(q) % 2 == 0) for q in queries])
+    return {"rewards": r, "scores": r, "extra_logs": {}}
+"""
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory, stopping_model_path):
+    from openrlhf_darts.bench.tasks import make_problems
+
+    root = tmp_path_factory.mktemp("local_train")
+    data = root / "problems.jsonl"
+    data.write_text(
+        "".join(json.dumps({"prompt": p["prompt"], "label": p["answer"]}) + "\n" for p in make_problems(PROMPTS * STEPS, 0))
+    )
+    reward = root / "reward.py"
+    reward.write_text(REWARD)
+    run_dir = root / "run"
+    command = [
+        sys.executable, "-m", "openrlhf_darts.local.train", "--run_dir", str(run_dir), "--sync_probe",
+        "--actor.model_name_or_path", stopping_model_path,
+        "--data.prompt_dataset", str(data), "--data.input_key", "prompt", "--data.label_key", "label",
+        "--data.apply_chat_template", "--data.max_samples", str(PROMPTS * STEPS), "--data.max_len", "512",
+        "--reward.remote_url", str(reward),
+        "--rollout.batch_size", str(PROMPTS), "--rollout.n_samples_per_prompt", str(N),
+        "--rollout.max_new_tokens", "24", "--rollout.micro_batch_size", str(N),
+        "--train.batch_size", str(PROMPTS * N), "--train.micro_batch_size", str(N),
+        "--algo.advantage.estimator", "group_norm", "--actor.adam.lr", "1e-2", "--actor.lr_warmup_ratio", "0",
+        "--darts.enable", "--darts.selection", "dual_end",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=540)
+    assert done.returncode == 0, f"local run failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    records = [json.loads(line) for line in (run_dir / "steps.jsonl").read_text().splitlines()]
+    return records, run_dir, stopping_model_path
+
+
+def _weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
+def test_two_steps_logged_with_darts_metrics(local_run):
+    records, _, _ = local_run
+    assert [r["step"] for r in records] == [1, 2]
+    for record in records:
+        # Default fixed budget: 1.25 n = 5 candidates per prompt, 4 prompts -> 20 launched (spec 3(e)).
+        assert record["darts/budget"] == 20
+        assert record["darts/candidates_mean"] == 5.0
+        assert record["darts/tokens_generated"] >= record["darts/tokens_kept"] > 0
+        assert record["darts/tokens_generated"] - record["darts/tokens_kept"] == record["darts/wasted_tokens"]
+
+
+def test_exactly_n_per_prompt_and_no_unfinished_requests(local_run):
+    records, _, _ = local_run
+    for record in records:
+        # 4 prompts x n=4 kept = 16 samples reach upstream's advantage code, whatever was launched.
+        assert record["rollout/num_samples"] == PROMPTS * N
+        assert record["darts/tokens_kept"] == record["local/response_tokens"]
+        assert record["local/engine_unfinished_requests"] == 0
+
+
+def test_weights_changed_and_engine_serves_them(local_run):
+    records, run_dir, initial = local_run
+    before, after = _weights(initial), _weights(run_dir / "final_model")
+    shared = [name for name in before if name in after]
+    assert shared, f"no common tensor names: {sorted(before)} vs {sorted(after)}"
+    changed = [name for name in shared if not (before[name] == after[name]).all()]
+    assert changed, "no parameter changed after two GRPO steps with non-zero advantages"
+    for record in records:
+        # After each sync the engine scores the probe sequence like the policy actor does (both fp32).
+        assert record["local/sync_engine_policy_diff"] < 1e-3
+    # Step 2's update (lr 1e-2, non-zero advantages) must move the engine's log-probs of the probe sequence.
+    assert records[-1]["local/sync_engine_change"] > 1e-4
+
+
+def test_easy_levels_and_their_verbose_targets():
+    import random
+
+    from openrlhf_darts.bench.tasks import extract_answer, make_problems
+    from openrlhf_darts.local.sft import mixed_problems, verbose_target
+
+    # The default level is the original task: problem 0 of seed 0 was "53 cookies, +18, buys 5 x 8" = 53+18+40 = 111
+    # before max_ops existed, and max_ops=3 spelled out draws the same problems.
+    assert make_problems(1, seed=0)[0]["answer"] == "111"
+    assert make_problems(5, seed=0) == make_problems(5, seed=0, max_ops=3)
+    for problem in make_problems(50, seed=1, max_ops=0):  # copy: the answer is the only number in the prompt
+        assert "Then" not in problem["prompt"] and f" has {problem['answer']} " in problem["prompt"]
+    for problem in make_problems(50, seed=1, max_ops=1):  # one step of at most 9 from the starting count
+        start = int(problem["prompt"].split(" has ")[1].split()[0])
+        assert problem["prompt"].count("Then") == 1 and 1 <= abs(int(problem["answer"]) - start) <= 9
+    with pytest.raises(ValueError, match="max_ops=-1"):
+        make_problems(3, max_ops=-1)
+    # "easy" draws level 0 with weight 0.7: 400 draws have a binomial sd of sqrt(400 * 0.7 * 0.3) = 9.2, so the
+    # copy count lies in 280 +- 40 (over 4 sd).
+    easy = mixed_problems(400, seed=0)
+    assert 240 <= sum("Then" not in p["prompt"] for p in easy) <= 320
+    # Deterministic, and a prefix of a longer draw (levels and each level's problems are drawn in order).
+    assert mixed_problems(20, seed=0) == easy[:20] and mixed_problems(20, seed=1) != easy[:20]
+    rng = random.Random(0)
+    for problem in easy[:100]:  # every target parses back to its label through the reward's own extractor
+        target = verbose_target(problem["prompt"], problem["answer"], rng)
+        assert target.endswith(f"\nAnswer: {problem['answer']}") and extract_answer(target) == problem["answer"]
+    with pytest.raises(ValueError, match="difficulty='hardest'"):
+        mixed_problems(4, seed=0, difficulty="hardest")
