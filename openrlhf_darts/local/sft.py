@@ -13,9 +13,10 @@ GRPO learns only from groups whose rewards differ, so the problems must sit wher
 time. Chains of one to three operations (`bench.tasks`' default) are out of reach of 0.4 M parameters trained for a
 minute: reward was 0 on almost every sample. `DIFFICULTIES` names problem mixes; "easy", the default for both this
 fine-tuning and the local RL prompts, is mostly copy problems ("Ava has 17 apples. How many apples does Ava have?")
-and some one-digit additions and subtractions, meant to be answered right part of the time at temperature 1.0. Not
-there yet: recipe 2 (150 steps) has not learned to copy a number from the prompt, and its sampled accuracy on "easy"
-is about 0.03 (guessing a 2-digit count); more steps or a larger body are the next things to try.
+and some one-digit additions and subtractions, meant to be answered right part of the time at temperature 1.0. 150
+steps were not enough (the model had the format but guessed the number: sampled accuracy about 0.03); 1,500 steps
+(about 3 minutes on an idle 2-core machine) copy the number most of the time: on 12 "easy" problems, greedy accuracy
+0.67 and sampled (temperature 1.0) 0.60, so most GRPO groups mix right and wrong answers.
 
 The number of checks is drawn per target (about half 0-1, a third 2-5, the rest 6-14), independent of the prompt, so
 every prompt inherits the same long tail. Loss covers response tokens only. The model reuses the tiny model's tokenizer
@@ -176,7 +177,7 @@ def _encode(tokenizer, prompt: str, target: str) -> tuple[list[int], int]:
 
 def train_verbose_model(
     out_dir: str | os.PathLike,
-    steps: int = 150,
+    steps: int = 1500,
     batch_size: int = 16,
     seed: int = 0,
     lr: float = 3e-3,
@@ -259,7 +260,7 @@ def train_verbose_model(
     }
 
 
-def ensure_verbose_model(cache_dir: str | os.PathLike | None = None, steps: int = 150, seed: int = 0) -> str:
+def ensure_verbose_model(cache_dir: str | os.PathLike | None = None, steps: int = 1500, seed: int = 0) -> str:
     """The cached tiny-verbose model folder, trained first when missing or built by another recipe."""
     folder = Path(cache_dir or default_cache_dir()) / DIR_NAME
     wanted = {"recipe": _RECIPE_VERSION, "steps": steps, "seed": seed}
@@ -286,7 +287,7 @@ def ensure_verbose_model(cache_dir: str | os.PathLike | None = None, steps: int 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=150, help="AdamW steps of 16 examples")
+    parser.add_argument("--steps", type=int, default=1500, help="AdamW steps of 16 examples")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache_dir", default=None, help="default: $OPENRLHF_DARTS_CACHE or ~/.cache/openrlhf_darts")
     args = parser.parse_args()
