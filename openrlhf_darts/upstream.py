@@ -443,6 +443,16 @@ def effective_actors(group) -> int:
     return len(group._actor_handlers) // group.duplicate_actors
 
 
+def actor_handles(group) -> list:
+    """The Ray actor handles of an upstream `RayActorGroup`, in rank order (token streaming talks to each one)."""
+    return list(group._actor_handlers)
+
+
+def actor_class(group):
+    """The plain Python class behind an upstream `RayActorGroup`'s Ray actor type."""
+    return getattr(group.ray_actor_type, "__ray_actor_class__", group.ray_actor_type)
+
+
 # Upstream's prompt-batch collector (module function of samples_generator.py): (prompts, labels, images, exhausted).
 collect_prompt_batch = _samples_generator._collect_prompt_batch
 CONTRACT["openrlhf.trainer.ppo_utils.samples_generator._collect_prompt_batch"] = ("dataloader_iter", "num_prompts")

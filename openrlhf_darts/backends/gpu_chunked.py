@@ -48,32 +48,22 @@ class DartsReferenceModelActorImpl(ChunkScoringMixin, _BASES.reference):
 
 
 class DartsPolicyModelActorImpl(ChunkScoringMixin, _BASES.policy):
+    chunk_module_attr = "actor"  # old log-probs in eval mode (no dropout), as upstream's forward
+
     def init_model_from_pretrained(self, strategy, pretrain, max_steps=None, vllm_engines=None):
         _check_chunkable(strategy.args)
         super().init_model_from_pretrained(strategy, pretrain, max_steps, vllm_engines)
         step = causal_lm_step(_hf_module(self.actor.model), self.actor.temperature)
         self.chunks = ChunkCache(step, "logprobs", max_live_caches(), device=_device())
 
-    def forward_chunk(self, sample_id: str, tokens: list[int]) -> torch.Tensor:
-        self.actor.eval()  # old log-probs: no dropout, as upstream's forward
-        try:
-            return super().forward_chunk(sample_id, tokens)
-        finally:
-            self.actor.train()
-
 
 class DartsCriticModelActorImpl(ChunkScoringMixin, _BASES.critic):
+    chunk_module_attr = "critic"
+
     def init_model_from_pretrained(self, strategy, pretrain, max_steps):
         _check_chunkable(strategy.args)
         super().init_model_from_pretrained(strategy, pretrain, max_steps)
         self.chunks = ChunkCache(critic_step(_hf_module(self.critic)), "values", max_live_caches(), device=_device())
-
-    def forward_chunk(self, sample_id: str, tokens: list[int]) -> torch.Tensor:
-        self.critic.eval()
-        try:
-            return super().forward_chunk(sample_id, tokens)
-        finally:
-            self.critic.train()
 
 
 DartsReferenceModelActor = ray.remote(num_gpus=1)(DartsReferenceModelActorImpl)

@@ -12,7 +12,10 @@ and upstream calls (variable unset) and DARTS groups (variable set):
                                                    abort -> AsyncLLM.abort(request id): the stream ends with the
                                                             partial output, so its true length is recorded
 
-No remote call sits on the decode path: progress and finishes are counted in this process.
+No remote call sits on the decode path: progress and finishes are counted in this process. With token streaming
+(`generate_group(..., stream_chunk_tokens=C)`), every candidate that is certain to be kept (`core.streaming.
+chunk_eligible`) puts full chunks of its sequence (`core.streaming.chunk_spans`) into a local outbox while it decodes;
+the trainer drains it with `pop_token_chunks` and forwards the chunks to the scorers (trainer/token_stream.py).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import time
 import ray
 
 from openrlhf_darts.core.selection import GroupSelector
+from openrlhf_darts.core.streaming import chunk_eligible, chunk_spans
 from openrlhf_darts.core.types import CandidateResult, GroupOutcome, GroupPlan
 from openrlhf_darts.upstream import RolloutRayActorBase
 
@@ -47,9 +51,17 @@ class _Dropped(Exception):
 class _GroupRun:
     """Local state of one prompt's candidates: progress, finishes, and the keep/drop/abort verdicts."""
 
-    def __init__(self, plan: GroupPlan, abort_request):
+    def __init__(self, plan: GroupPlan, abort_request, chunk_tokens: int | None = None, emit=None, group_id=None):
         self.plan = plan
         self._abort_request = abort_request  # coroutine function: AsyncLLM.abort(request_id)
+        # Token streaming: chunk size C and the outbox's append (None: off); per candidate, its prompt token ids,
+        # the latest cumulative response token ids and how many sequence tokens went out already.
+        self.chunk_tokens = chunk_tokens
+        self._emit = emit
+        self.group_id = group_id
+        self.prompt_ids: list[list[int] | None] = [None] * plan.num_candidates
+        self.token_ids: list = [()] * plan.num_candidates
+        self.sent = [0] * plan.num_candidates
         self.request_ids: list[str | None] = [None] * plan.num_candidates
         self.selector = GroupSelector(plan)
         self.progress = [0] * plan.num_candidates  # tokens generated so far, from the cumulative stream
@@ -64,10 +76,34 @@ class _GroupRun:
         self.start = time.perf_counter()
         self.release_s = 0.0
 
-    def on_progress(self, index: int, tokens: int) -> None:
-        self.progress[index] = tokens
+    def on_progress(self, index: int, token_ids) -> None:
+        self.progress[index] = len(token_ids)
+        if self.chunk_tokens is not None:
+            self.token_ids[index] = token_ids
+            self._stream_chunks([index])
         if self.kept is None and self.plan.shortest_only and self.selector.can_abort():
             self._maybe_release()
+
+    def stream_key(self, index: int) -> str:
+        """The id a candidate's chunks and its kept sample carry: `<group_id>/<candidate index>`."""
+        return f"{self.group_id}/{index}"
+
+    def _stream_chunks(self, indices) -> None:
+        """Emit the full chunks of running, certainly-kept candidates that are ready (spec 3(g), token level)."""
+        plan = self.plan
+        if not chunk_eligible(plan.num_candidates, plan.num_keep, plan.num_long, len(self.finished)):
+            return
+        for index in indices:
+            prompt = self.prompt_ids[index]
+            if index not in self.running or prompt is None:
+                continue
+            generated = self.token_ids[index]
+            for start, end in chunk_spans(len(prompt), len(generated), self.sent[index], self.chunk_tokens, False):
+                tokens = (prompt[start:end] if start < len(prompt) else []) + list(
+                    generated[max(0, start - len(prompt)) : end - len(prompt)]
+                )
+                self._emit({"key": self.stream_key(index), "group_id": self.group_id, "start": start, "tokens": tokens})
+                self.sent[index] = end
 
     def on_finish(self, index: int, length: int, truncated: bool) -> None:
         if index in self.aborted:
@@ -83,6 +119,8 @@ class _GroupRun:
         self.finished[index] = (length, truncated)
         self.running.discard(index)
         self.selector.on_finish(index, length, truncated)
+        if self.chunk_tokens is not None:
+            self._stream_chunks(sorted(self.running))  # a finish may make the rest certain to be kept
         self._maybe_release()
 
     def _maybe_release(self) -> None:
@@ -146,12 +184,13 @@ class _ProgressStream:
             return stream
         group, index = slot
         group.request_ids[index] = kwargs["request_id"]  # upstream passes a fresh id by keyword
+        group.prompt_ids[index] = list(args[0]["prompt_token_ids"])  # upstream's TokensPrompt, first positional
         return _tracked(stream, group, index)
 
 
 async def _tracked(stream, group: _GroupRun, index: int):
     async for output in stream:
-        group.on_progress(index, len(output.outputs[0].token_ids))
+        group.on_progress(index, output.outputs[0].token_ids)  # cumulative (upstream's default output kind)
         yield output
 
 
@@ -176,6 +215,7 @@ class DartsRolloutActor(RolloutRayActorBase):
         await super().__init__(*args, **kwargs)
         self.llm = _ProgressStream(self.llm)
         self._outcomes: list[dict] = []
+        self._token_chunks: list[dict] = []
 
     async def generate(self, prompt_token_ids, sampling_params, multi_modal_data=None):
         slot = _CANDIDATE.get()
@@ -209,11 +249,14 @@ class DartsRolloutActor(RolloutRayActorBase):
         plan: GroupPlan | dict,
         images=None,
         group_id: int | None = None,
+        stream_chunk_tokens: int | None = None,
     ) -> list[dict]:
         """Generate `plan.num_candidates` candidates for one prompt and return the `plan.num_keep` kept responses.
 
         The responses are upstream executor dicts, in ascending candidate index, with rewards computed for them alone.
         The group's `GroupOutcome` (all lengths, aborts, tokens) waits in this actor for `pop_group_outcomes`.
+        With `stream_chunk_tokens` (token streaming), certainly-kept candidates emit chunks of that many tokens to
+        `pop_token_chunks` while they decode, and every kept response carries `darts_stream_key`.
         """
         if isinstance(plan, dict):
             plan = GroupPlan(**plan)
@@ -221,7 +264,9 @@ class DartsRolloutActor(RolloutRayActorBase):
             raise TypeError(f"plan={plan!r} must be a GroupPlan or its dict")
         if getattr(sampling_params, "n", 1) != 1:
             raise ValueError(f"sampling_params.n={sampling_params.n}; DARTS sends one n=1 request per candidate")
-        group = _GroupRun(plan, self.llm.abort)
+        if stream_chunk_tokens is not None and (not isinstance(stream_chunk_tokens, int) or stream_chunk_tokens < 1):
+            raise ValueError(f"stream_chunk_tokens={stream_chunk_tokens!r} must be a positive int or None")
+        group = _GroupRun(plan, self.llm.abort, stream_chunk_tokens, self._token_chunks.append, group_id)
         group.tasks = [
             asyncio.create_task(
                 self._run_candidate(group, i, prompt, label, sampling_params, max_length, hf_tokenizer, images)
@@ -237,6 +282,9 @@ class DartsRolloutActor(RolloutRayActorBase):
             raise RuntimeError(f"group {group_id} ended without a kept set: {results!r}")
         responses = [results[i] for i in group.kept]
         self._check_rewards(responses)
+        if stream_chunk_tokens is not None:
+            for i, response in zip(group.kept, responses):
+                response["darts_stream_key"] = group.stream_key(i)
         self._outcomes.append({"group_id": group_id, "prompt": prompt, "outcome": group.outcome().to_dict()})
         return responses
 
@@ -270,6 +318,13 @@ class DartsRolloutActor(RolloutRayActorBase):
         """CPU weight sync: `[(name, dtype, shape, bytes)]` to every worker; `final` loads the buffered sync
         (backends/cpu/worker_extension.py)."""
         return await self.llm.collective_rpc("update_weights_from_lists", args=(named_payloads, final))
+
+    def pop_token_chunks(self) -> list[dict]:
+        """Token-streaming chunks emitted since the last call, in emission order: `{"key", "group_id", "start",
+        "tokens"}` with `tokens` = sequence[start : start + len(tokens)] (prompt + response token ids)."""
+        chunks = list(self._token_chunks)
+        self._token_chunks.clear()  # the same list: running groups hold its `append`
+        return chunks
 
     def pop_group_outcomes(self) -> list[dict]:
         """Outcomes of the groups finished since the last call: one call per engine per step."""

@@ -11,6 +11,11 @@
 
 Micro-batches are cut from the arrival order exactly as upstream's `split_rollout_samples` cuts the whole batch, and
 each forward is per micro-batch, so the streamed Experiences are bit-equal to the non-streamed ones (fp32, CPU).
+
+Token level (`--darts.stream_tokens`, trainer/token_stream.py): long kept candidates were scored chunk by chunk while
+they decoded; `dispatch_group` finishes their caches, and the wave's forwards for the policy, reference and critic
+groups go to `darts_forward`, which takes those rows from the chunk scores and runs upstream's forward on the others
+(the one upstream helper touched is `_dispatch_forward`). Equal to the non-streamed Experiences within fp32 rounding.
 Without an open stream (streaming off, evaluation, a generator that was not attached) `make_experience_batch` is
 upstream's. Metrics (`pop_metrics`): `timing/darts_stream_wait` (seconds `collect` waited for outstanding waves after
 generation ended), `timing/darts_overlap_hidden_ratio` (1 - wait / total wave forward time: the share of forward time
@@ -24,9 +29,12 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
+import ray
+
 from openrlhf_darts import upstream
 from openrlhf_darts.config import DartsConfig
 from openrlhf_darts.core.streaming import Wave, WaveScheduler, sample_index
+from openrlhf_darts.trainer.token_stream import TokenStreamer, scorer_groups
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +50,7 @@ class _Stream:
         self.closed = False
         self.groups = 0  # groups arrived so far = the next group's slot
         self.generation_end = 0.0  # perf_counter when the generator closed the stream
+        self.precomputed: dict[int, dict[str, object]] = {}  # global index -> group name -> finish_chunks ref
 
 
 class DartsExperienceMaker(upstream.RemoteExperienceMaker):
@@ -57,13 +66,13 @@ class DartsExperienceMaker(upstream.RemoteExperienceMaker):
             raise ValueError(
                 "--darts.stream with --train.colocate_all: forwards are serialized with generation; drop one of them"
             )
+        self.token_streamer: TokenStreamer | None = None
         if config.stream_tokens:
-            # Loud rather than a flag that silently does nothing (docs/streaming.md, "Not wired yet").
-            raise ValueError(
-                "--darts.stream_tokens: the engine-side emission of partial tokens to the scorers is not implemented "
-                "yet (the scorer chunk methods, the eligibility rule and the chunk spans are); drop "
-                "--darts.stream_tokens and keep --darts.stream for sample-level overlap"
-            )
+            from openrlhf_darts.backends.cpu.reference import max_live_caches
+
+            groups = scorer_groups(self.actor_model_group, self.initial_model_group, self.critic_model_group)
+            self.token_streamer = TokenStreamer(groups, max_live_caches())
+        self._wave_rows: dict[int, list] = {}  # id(model group) -> per micro-batch, per row: scores or None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="darts-stream")
         self._lock = threading.Lock()
         self._stream: _Stream | None = None
@@ -86,8 +95,27 @@ class DartsExperienceMaker(upstream.RemoteExperienceMaker):
             )
         )
 
-    def dispatch_group(self, experiences: list) -> None:
-        """One accepted group's n Experiences (rank order): assign global indices and release any ready wave."""
+    def add_token_chunks(self, chunks: list[dict]) -> None:
+        """Token chunks drained from the engines (`pop_token_chunks`): sent on to the scorers' KV caches."""
+        self._require_open()
+        if chunks:
+            self._require_token_streamer().add(chunks)
+
+    def drop_group(self, group_id: int) -> None:
+        """A group that will not be scored (dynamic filtering): free its token-streaming caches."""
+        if self.token_streamer is not None:
+            self.token_streamer.release_group(group_id)
+
+    def _require_token_streamer(self) -> TokenStreamer:
+        if self.token_streamer is None:
+            raise RuntimeError("token chunks arrived but --darts.stream_tokens is off for this experience maker")
+        return self.token_streamer
+
+    def dispatch_group(self, experiences: list, group_id: int | None = None, stream_keys: list | None = None) -> None:
+        """One accepted group's n Experiences (rank order): assign global indices and release any ready wave.
+
+        With token streaming, `stream_keys[r]` is the engine's key of rank r (`darts_stream_key`, None if absent):
+        the group's other streamed candidates are released and the kept ones' chunk scores are finished."""
         stream = self._require_open()
         n = self.args.rollout.n_samples_per_prompt
         if len(experiences) != n:
@@ -97,6 +125,15 @@ class DartsExperienceMaker(upstream.RemoteExperienceMaker):
         slot = stream.groups
         for rank, experience in enumerate(experiences):
             experience.index = [sample_index(slot, rank, n)]
+        if self.token_streamer is not None and group_id is not None:
+            keys = list(stream_keys) if stream_keys is not None else [None] * n
+            if len(keys) != n:
+                raise ValueError(f"{len(keys)} stream keys for a group of n={n}")
+            self.token_streamer.release_group(group_id, keep={k for k in keys if k is not None})
+            for key, experience in zip(keys, experiences):
+                refs = self.token_streamer.finish(key, experience.sequences, experience.action_mask)
+                if refs is not None:
+                    stream.precomputed[experience.index[0]] = refs
         stream.groups += 1
         stream.samples.extend(experiences)
         for wave in stream.scheduler.add(len(experiences)):
@@ -125,21 +162,47 @@ class DartsExperienceMaker(upstream.RemoteExperienceMaker):
         # A short final wave (the dataloader ran out) repeats its last micro-batch up to the actor count; the repeats
         # are the same object, so they get the same (deterministic) results and are dropped on collect.
         padding = max(0, self.min_micro_batches() - len(samples_list))
+        # Token streaming: per model group, per micro-batch, per row the finish_chunks ref or None.
+        rows = {}
+        if stream.precomputed:
+            indices = list(range(wave.start, wave.end))
+            per_mb = [indices[i : i + micro] for i in range(0, len(indices), micro)]
+            for name in self.token_streamer.groups:
+                rows[name] = [[stream.precomputed.get(i, {}).get(name) for i in mb] for mb in per_mb]
+                rows[name] += rows[name][-1:] * padding
         stream.futures.append(
             (
                 wave,
                 self._pool.submit(
-                    self._run_wave, stream, samples_list + samples_list[-1:] * padding, len(samples_list)
+                    self._run_wave, stream, samples_list + samples_list[-1:] * padding, len(samples_list), rows
                 ),
             )
         )
 
-    def _run_wave(self, stream: _Stream, samples_list: list, keep: int) -> list:
+    def _run_wave(self, stream: _Stream, samples_list: list, keep: int, rows: dict) -> list:
         start = time.perf_counter()
-        experiences = self.make_experience(samples_list)[:keep]  # upstream's forwards + KL, unchanged
+        groups = self.token_streamer.groups if self.token_streamer is not None else {}
+        resolved = {
+            id(groups[name]): [[ray.get(ref) if ref is not None else None for ref in mb] for mb in per_mb]
+            for name, per_mb in rows.items()
+        }
+        self._wave_rows = {key: mbs for key, mbs in resolved.items() if any(r is not None for mb in mbs for r in mb)}
+        try:
+            experiences = self.make_experience(samples_list)[:keep]  # upstream's forwards + KL, unchanged
+        finally:
+            self._wave_rows = {}
         with self._lock:
             stream.wave_seconds.append(time.perf_counter() - start)
         return experiences
+
+    def _dispatch_forward(self, group, sync_condition, **kwargs):
+        """Upstream's helper, except that a group with chunk-scored rows in this wave runs `darts_forward`."""
+        rows = self._wave_rows.get(id(group))
+        if rows is None:
+            return super()._dispatch_forward(group, sync_condition, **kwargs)
+        if sync_condition:
+            raise RuntimeError("token streaming with colocated models: rejected by DartsConfig, cannot happen")
+        return group.async_run_method_batch(method_name="darts_forward", darts_precomputed=rows, **kwargs)
 
     # ---- collect side (the trainer's make_experience_batch) ------------------------------------------------------
     def make_experience_batch(self, rollout_samples):
@@ -172,15 +235,34 @@ class DartsExperienceMaker(upstream.RemoteExperienceMaker):
             "timing/darts_overlap_hidden_ratio": max(0.0, 1.0 - wait / forward) if forward > 0 else 0.0,
             "darts/stream_waves": float(len(stream.futures)),
         }
+        if self.token_streamer is not None:
+            self._metrics.update(self._finish_token_stream())
         indices = [i for e in experiences for i in e.index]
         if indices != list(range(len(stream.samples))):
             raise RuntimeError(f"streamed experiences came back out of index order: {indices[:16]}...")
         return self.compute_advantages_and_returns(experiences)
+
+    def _finish_token_stream(self) -> dict[str, float]:
+        """End of a step: every streamed sample was finished or released; report the token-streaming metrics."""
+        streamer = self.token_streamer
+        leftover = streamer.live_keys()
+        streamer.release_all()
+        streamer.drain()
+        if leftover:
+            raise RuntimeError(f"token-streamed samples neither kept nor dropped by their group: {leftover[:8]}")
+        metrics = {f"darts/stream_token_{k}": float(v) for k, v in streamer.metrics.items()}
+        metrics["darts/stream_token_peak_cache_bytes"] = streamer.cache_stats()["peak_bytes"]
+        streamer.reset_metrics()
+        return metrics
 
     def pop_metrics(self) -> dict[str, float]:
         metrics, self._metrics = self._metrics, {}
         return metrics
 
     def abort_stream(self) -> None:
-        """Generation failed: forget the open stream (waves already running finish in the background, unused)."""
+        """Generation failed: forget the open stream (waves already running finish in the background, unused) and
+        free the token-streaming caches."""
         self._stream = None
+        if self.token_streamer is not None:
+            self.token_streamer.release_all()
+            self.token_streamer.reset_metrics()

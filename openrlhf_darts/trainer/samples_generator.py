@@ -21,6 +21,8 @@ from openrlhf_darts.core.types import GroupOutcome
 from openrlhf_darts.metrics import outcome_metrics
 from openrlhf_darts.trainer.planner import GroupPlanner
 
+TOKEN_POLL_S = 0.05  # how often a token-streaming rollout drains the engines' chunk outboxes
+
 
 class DartsSamplesGenerator(upstream.SamplesGenerator):
     def __init__(self, strategy, prompts_dataloader, eval_dataloader, tokenizer, vllm_engines, config: DartsConfig):
@@ -30,6 +32,8 @@ class DartsSamplesGenerator(upstream.SamplesGenerator):
         self._training_rollout = False
         self._next_group_id = 0
         self._group_prompts: dict[int, str] = {}
+        self._ref_groups: dict = {}  # generate_group ref -> its group id (token streaming releases by group)
+        self._stream_chunk_tokens: int | None = None  # set while a token-streaming rollout runs
         self.last_outcomes: list[GroupOutcome] = []
         self.last_metrics: dict[str, float] = {}
 
@@ -83,8 +87,11 @@ class DartsSamplesGenerator(upstream.SamplesGenerator):
                     plan=plan,
                     images=image,
                     group_id=group_id,
+                    stream_chunk_tokens=self._stream_chunk_tokens,
                 )
             )
+            if self._stream_chunk_tokens is not None:
+                self._ref_groups[refs[-1]] = group_id
         return refs
 
     def _collect_outcomes(self) -> None:
@@ -130,16 +137,26 @@ class DartsSamplesGenerator(upstream.SamplesGenerator):
         if not prompts:
             return [], 0, True
         consumed = len(prompts)
-        pending = list(self._dispatch_prompts_to_vllm(prompts, labels, images=images, **generate_kwargs))
-        accepted = []
         sink = self.group_sink
+        tokens = getattr(sink, "token_streamer", None) is not None
+        self._stream_chunk_tokens = self.config.stream_chunk_tokens if tokens else None
         sink.open_stream()
         try:
+            pending = list(self._dispatch_prompts_to_vllm(prompts, labels, images=images, **generate_kwargs))
+            accepted = []
             with tqdm(total=len(prompts), desc="Generate samples (streaming)") as bar:
                 while pending:
-                    ready, pending = ray.wait(pending, num_returns=1)
-                    group = [self._process_response_into_experience(r, **generate_kwargs) for r in ray.get(ready[0])]
+                    ready, pending = ray.wait(pending, num_returns=1, timeout=TOKEN_POLL_S if tokens else None)
+                    if tokens:
+                        # Drained after the wait, so a resolved group's chunks are all in before it is dispatched.
+                        sink.add_token_chunks(self._pop_token_chunks())
+                    if not ready:
+                        continue
+                    group_id = self._ref_groups.pop(ready[0], None)
+                    responses = ray.get(ready[0])
+                    group = [self._process_response_into_experience(r, **generate_kwargs) for r in responses]
                     if dynamic_filtering and not self._passes_dynamic_filter(group):
+                        sink.drop_group(group_id)
                         new_prompts, new_labels, new_images, exhausted = upstream.collect_prompt_batch(
                             dataloader_iter, 1
                         )
@@ -150,13 +167,23 @@ class DartsSamplesGenerator(upstream.SamplesGenerator):
                             )
                         continue
                     accepted.extend(group)
-                    sink.dispatch_group(group)
+                    if tokens:
+                        keys = [r.get("darts_stream_key") for r in responses]
+                        sink.dispatch_group(group, group_id=group_id, stream_keys=keys)
+                    else:
+                        sink.dispatch_group(group)
                     bar.update()
         except BaseException:
             sink.abort_stream()
             raise
+        finally:
+            self._stream_chunk_tokens = None
+            self._ref_groups.clear()
         sink.close_stream()
         return accepted, consumed, exhausted
+
+    def _pop_token_chunks(self) -> list[dict]:
+        return [c for cs in ray.get([e.pop_token_chunks.remote() for e in self.vllm_engines]) for c in cs]
 
     def _passes_dynamic_filter(self, group) -> bool:
         if any(e.scores is None for e in group):

@@ -22,19 +22,20 @@ class RecordingSink:
     def __init__(self, maker):
         self.maker = maker
         self.groups = []
+        self.keys = []
+        self.chunks = []
 
-    def open_stream(self):
-        self.maker.open_stream()
+    def __getattr__(self, name):  # open_stream, close_stream, abort_stream, drop_group, token_streamer
+        return getattr(self.maker, name)
 
-    def dispatch_group(self, group):
+    def add_token_chunks(self, chunks):
+        self.chunks += chunks
+        self.maker.add_token_chunks(chunks)
+
+    def dispatch_group(self, group, **kw):
         self.groups.append(copy.deepcopy(group))
-        self.maker.dispatch_group(group)
-
-    def close_stream(self):
-        self.maker.close_stream()
-
-    def abort_stream(self):
-        self.maker.abort_stream()
+        self.keys.append(kw.get("stream_keys"))
+        self.maker.dispatch_group(group, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -214,20 +215,124 @@ def test_maker_rejects_dynamic_batching(tokenizer):
         )
 
 
-def test_stream_tokens_is_rejected_until_the_engine_emits_chunks(tokenizer):
+def _assert_close(streamed, plain, atol=1e-5):
+    """Token streaming: the chunk-scored fields equal the full forward within fp32 rounding, the rest exactly."""
+    import torch
+
+    assert len(streamed) == len(plain)
+    for a, b in zip(streamed, plain):
+        assert a.index == b.index
+        for field in ("sequences", "attention_mask", "action_mask", "rewards", "response_length"):
+            assert torch.equal(getattr(a, field), getattr(b, field)), field
+        for field in ("action_log_probs", "values", "kl", "advantages", "returns"):
+            x, y = getattr(a, field), getattr(b, field)
+            assert (x is None) == (y is None), field
+            if x is not None:
+                assert x.shape == y.shape and torch.allclose(x, y, atol=atol), (field, (x - y).abs().max())
+
+
+def _live_caches(ray_cluster, scorers):
+    return sum(
+        ray_cluster.get(actor.num_live_caches.remote())
+        for group in (scorers.policy, scorers.reference, scorers.critic)
+        for actor in group._actor_handlers
+    )
+
+
+@pytest.mark.parametrize("candidates", ["dual_end", "exactly_n"])
+def test_token_streaming_equals_non_streamed_and_frees_every_cache(
+    ray_cluster, darts_engine, tokenizer, scorers, candidates
+):
+    """The engine emits chunks of certainly-kept candidates while they decode; the scorers' chunk results replace
+    those rows' forwards, and the Experiences equal upstream's non-streamed ones (fp32, atol 1e-5)."""
     from openrlhf_darts import upstream
     from openrlhf_darts.trainer.experience_maker import DartsExperienceMaker
+    from openrlhf_darts.trainer.samples_generator import DartsSamplesGenerator
 
-    args = _args_with()
-    args.darts = NS(enable=True, stream=True, stream_tokens=True)
-    with pytest.raises(ValueError, match="engine-side emission"):
-        DartsExperienceMaker(
-            None,
-            None,
-            None,
-            None,
-            upstream.fixed_kl_controller(0.0),
-            NS(args=args),
-            tokenizer,
-            config=DartsConfig.from_args(args),
-        )
+    args = copy.deepcopy(scorers.args)
+    flags = dict(enable=True, stream=True, stream_tokens=True, stream_chunk_tokens=6, selection="dual_end")
+    # dual_end: 5-8 candidates for n=4, the longest streamed once the others finished; exactly_n: M'_i = n, so every
+    # candidate is certain to be kept and streamed from its first chunk.
+    flags.update(num_long=1) if candidates == "dual_end" else flags.update(min_candidates=4, max_candidates=4)
+    args.darts = NS(**flags)
+    args.rollout.batch_size = 4
+    config = DartsConfig.from_args(args)
+    generator = DartsSamplesGenerator(NS(args=args), prompt_batches(PROMPTS, 4), None, tokenizer, [darts_engine], config)
+    maker = _maker(DartsExperienceMaker, scorers, args, tokenizer, config=config)
+    generator.group_sink = sink = RecordingSink(maker)
+    # 120 tokens: the random model stops ~4% a step, so the longest candidate usually outlives the others by chunks.
+    samples, _, consumed, _ = generator.generate_samples(**{**GEN_KWARGS, "max_new_tokens": 120})
+    assert consumed == 4 and len(samples) == 16
+    streamed = maker.make_experience_batch(samples)
+    metrics = maker.pop_metrics()
+
+    assert sink.chunks, "the engine emitted no token chunk"
+    prompt_len = {p: len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in PROMPTS}
+    assert metrics["darts/stream_token_chunks"] == len(sink.chunks)
+    assert metrics["darts/stream_token_finished"] >= 1  # at least one kept sample was scored from its chunks
+    assert metrics["darts/stream_token_finished"] + metrics["darts/stream_token_released"] == (
+        metrics["darts/stream_token_samples"]
+    )
+    assert metrics["darts/stream_token_peak_cache_bytes"] > 0
+    if candidates == "exactly_n":
+        # Every sample longer than the prompt + one chunk streamed; none dropped, nothing wasted.
+        assert metrics["darts/stream_token_released"] == 0 and metrics["darts/stream_token_wasted_tokens"] == 0
+        long_enough = sum(e.sequences.shape[1] - prompt_len[e.prompts[0]] >= 6 for e in samples)
+        assert metrics["darts/stream_token_finished"] == long_enough
+    # Chunks are full: the prompt + 6 response tokens first, then 6 each; each one is a slice of its kept sample's
+    # final sequence (the chunks of dropped candidates were released).
+    kept = {k: e for group, keys in zip(sink.groups, sink.keys) for k, e in zip(keys, group)}
+    assert len(kept) == 16
+    for chunk in sink.chunks:
+        if chunk["key"] in kept:
+            e = kept[chunk["key"]]
+            start, tokens = chunk["start"], chunk["tokens"]
+            assert len(tokens) == (prompt_len[e.prompts[0]] + 6 if start == 0 else 6)
+            assert e.sequences[0, start : start + len(tokens)].tolist() == tokens
+    assert _live_caches(ray_cluster, scorers) == 0
+    assert ray_cluster.get(darts_engine.get_num_unfinished_requests.remote()) == 0
+
+    reference_samples = [e for g in sink.groups for e in g]
+    plain = _maker(upstream.RemoteExperienceMaker, scorers, args, tokenizer).make_experience_batch(reference_samples)
+    _assert_close(streamed, plain)
+
+
+def test_token_streamer_releases_dropped_and_abandoned_samples(ray_cluster, scorers, tokenizer):
+    """Caches of candidates their group did not keep, and of a step that failed, are freed (live caches counted)."""
+    from openrlhf_darts.trainer.token_stream import TokenStreamer, scorer_groups
+
+    groups = scorer_groups(scorers.policy, scorers.reference, scorers.critic)
+    streamer = TokenStreamer(groups, max_live=3)
+    prompt = tokenizer("the farmer counts apples", add_special_tokens=False)["input_ids"]
+    streamer.add(
+        [
+            {"key": "7/0", "group_id": 7, "start": 0, "tokens": prompt + [11, 12]},
+            {"key": "7/1", "group_id": 7, "start": 0, "tokens": prompt + [13, 14]},
+            {"key": "8/0", "group_id": 8, "start": 0, "tokens": prompt + [15, 16]},
+        ]
+    )
+    streamer.add([{"key": "7/0", "group_id": 7, "start": len(prompt) + 2, "tokens": [17, 18]}])
+    streamer.drain()
+    # Policy and critic have one actor each, max_live=3: all three samples found room in every group.
+    assert streamer.metrics["samples"] == 3 and streamer.metrics["skipped"] == 0
+    assert _live_caches(ray_cluster, scorers) == 3 * 3  # policy + reference + critic hold each sample
+    streamer.release_group(7, keep={"7/0"})  # 7/1 was dropped by selection
+    streamer.drain()
+    assert _live_caches(ray_cluster, scorers) == 2 * 3 and streamer.metrics["wasted_tokens"] == len(prompt) + 2
+    with pytest.raises(RuntimeError, match="starts at 3, expected"):
+        streamer.add([{"key": "8/0", "group_id": 8, "start": 3, "tokens": [1]}])
+    streamer.release_all()  # a failed step
+    streamer.drain()
+    assert _live_caches(ray_cluster, scorers) == 0 and streamer.live_keys() == []
+
+
+def test_token_streamer_skips_samples_when_caches_are_full(ray_cluster, scorers, tokenizer):
+    from openrlhf_darts.trainer.token_stream import TokenStreamer, scorer_groups
+
+    streamer = TokenStreamer(scorer_groups(scorers.policy, None, None), max_live=1)
+    streamer.add([{"key": f"1/{i}", "group_id": 1, "start": 0, "tokens": [5, 6, 7]} for i in range(2)])
+    assert streamer.metrics["samples"] == 1 and streamer.metrics["skipped"] == 1
+    assert streamer.finish("1/1", __import__("torch").tensor([[5, 6, 7]]), None) is None  # skipped: ordinary forward
+    streamer.release_all()
+    streamer.drain()
+    assert _live_caches(ray_cluster, scorers) == 0

@@ -147,12 +147,25 @@ def critic_step(critic: torch.nn.Module) -> ChunkStep:
 
 
 class ChunkScoringMixin:
-    """The remote chunk methods, shared by the CPU actors and the GPU chunked actors; `self.chunks` is a ChunkCache."""
+    """The remote chunk methods, shared by the CPU actors and the GPU chunked actors; `self.chunks` is a ChunkCache.
+
+    `chunk_module_attr` names the trainable module (policy `actor`, critic `critic`) that is put in eval mode for a
+    chunk forward, as upstream's forward does for old log-probs and values; None for frozen scorers.
+    """
 
     chunks: ChunkCache
+    chunk_module_attr: str | None = None
 
     def forward_chunk(self, sample_id: str, tokens: list[int]) -> torch.Tensor:
-        return self.chunks.forward_chunk(sample_id, tokens)
+        module = getattr(self, self.chunk_module_attr) if self.chunk_module_attr else None
+        if module is None:
+            return self.chunks.forward_chunk(sample_id, tokens)
+        was_training = module.training
+        module.eval()
+        try:
+            return self.chunks.forward_chunk(sample_id, tokens)
+        finally:
+            module.train(was_training)
 
     def finish_chunks(self, sample_id: str, action_mask: torch.Tensor) -> torch.Tensor:
         return self.chunks.finish(sample_id, action_mask)
@@ -170,3 +183,33 @@ class ChunkScoringMixin:
             "peak_bytes": self.chunks.peak_bytes,
             "peak_live": self.chunks.peak_live,
         }
+
+    def darts_forward(self, sequences, action_mask, attention_mask, darts_precomputed, **kwargs) -> torch.Tensor:
+        """Upstream's `forward` for one micro-batch, except rows whose scores came from chunks (token streaming).
+
+        `darts_precomputed[i]` is None (row i runs the forward) or row i's `(1, A_i)` scores from `finish_chunks`,
+        A_i <= A, right-padded with zeros like the batch. The remaining rows run through `self.forward` together.
+        """
+        if len(darts_precomputed) != sequences.shape[0]:
+            raise ValueError(f"{len(darts_precomputed)} precomputed entries for a micro-batch of {sequences.shape[0]}")
+        batch = sequences.shape[0]
+        multimodal = kwargs.get("mm_train_inputs_list") or [None] * batch
+        if any(m is not None and p is not None for m, p in zip(multimodal, darts_precomputed)):
+            raise ValueError("token-streamed rows cannot carry multimodal inputs; drop --darts.stream_tokens for VLMs")
+        rows = [i for i, p in enumerate(darts_precomputed) if p is None]
+        out = torch.zeros(action_mask.shape, dtype=torch.float32)
+        if rows:
+            index = torch.tensor(rows)
+            # Per-row list arguments (upstream's mm_train_inputs_list) follow the selected rows.
+            kwargs = {k: [v[i] for i in rows] if isinstance(v, list) and len(v) == batch else v for k, v in kwargs.items()}
+            computed = self.forward(sequences[index], action_mask[index], attention_mask[index], **kwargs).to("cpu")
+            out = out.to(computed.dtype)
+            out[index] = computed
+        for i, scores in enumerate(darts_precomputed):
+            if scores is not None:
+                width = scores.shape[-1]
+                if width > out.shape[1]:
+                    raise ValueError(f"row {i}: {width} chunk scores for a micro-batch of {out.shape[1]} actions")
+                out[i, :width] = scores.reshape(-1).to(out.dtype)
+                out[i] *= action_mask[i].to(out.dtype)
+        return out

@@ -14,6 +14,8 @@ _UP = upstream.model_side()
 
 
 class CpuCriticActorImpl(ChunkScoringMixin, CpuModelActorBase):
+    chunk_module_attr = "critic"  # chunk forwards in eval mode, as forward
+
     def init_model_from_pretrained(self, strategy, pretrain, max_steps):
         self._setup_distributed(strategy)
         args = self.args

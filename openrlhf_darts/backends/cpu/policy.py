@@ -26,6 +26,8 @@ SYNC_CHUNK_BYTES = 64 * 2**20  # per engine call; bounds the pickled payload hel
 
 
 class CpuPolicyActorImpl(ChunkScoringMixin, CpuModelActorBase):
+    chunk_module_attr = "actor"  # chunk forwards in eval mode, as forward
+
     def init_model_from_pretrained(self, strategy, pretrain, max_steps=None, vllm_engines=None):
         self._setup_distributed(strategy)
         args = self.args
