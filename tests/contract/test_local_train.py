@@ -26,8 +26,7 @@ def reward_func(queries, prompts, labels):
 """
 
 
-@pytest.fixture(scope="module")
-def local_run(tmp_path_factory, stopping_model_path):
+def _run(tmp_path_factory, stopping_model_path, *extra):
     from openrlhf_darts.bench.tasks import make_problems
 
     root = tmp_path_factory.mktemp("local_train")
@@ -48,12 +47,35 @@ def local_run(tmp_path_factory, stopping_model_path):
         "--rollout.max_new_tokens", "24", "--rollout.micro_batch_size", str(N),
         "--train.batch_size", str(PROMPTS * N), "--train.micro_batch_size", str(N),
         "--algo.advantage.estimator", "group_norm", "--actor.adam.lr", "1e-2", "--actor.lr_warmup_ratio", "0",
-        "--darts.enable", "--darts.selection", "dual_end",
+        "--darts.enable", "--darts.selection", "dual_end", *extra,
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=540)
     assert done.returncode == 0, f"local run failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
     records = [json.loads(line) for line in (run_dir / "steps.jsonl").read_text().splitlines()]
     return records, run_dir, stopping_model_path
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory, stopping_model_path):
+    return _run(tmp_path_factory, stopping_model_path)
+
+
+def test_token_streaming_run_through_upstreams_trainer(tmp_path_factory, stopping_model_path):
+    """`--darts.stream --darts.stream_tokens` through upstream's train_ppo_ray: the trainer attaches the streaming
+    maker, chunks flow from the engine to the CPU scorers during generation, every cache is freed each step."""
+    records, _, _ = _run(
+        tmp_path_factory, stopping_model_path,
+        "--darts.stream", "--darts.stream_tokens", "--darts.stream_chunk_tokens", "4",
+        "--darts.min_candidates", "4", "--darts.max_candidates", "4",  # M'_i = n: every candidate streams
+    )  # fmt: skip
+    assert [r["step"] for r in records] == [1, 2]
+    for record in records:
+        assert record["rollout/num_samples"] == PROMPTS * N
+        assert record["darts/stream_waves"] >= 1
+        # With M'_i = n nothing is dropped: every streamed sample is finished from its chunks, none released.
+        assert record["darts/stream_token_finished"] == record["darts/stream_token_samples"] > 0
+        assert record["darts/stream_token_released"] == 0 and record["darts/stream_token_chunks"] > 0
+        assert record["local/engine_unfinished_requests"] == 0
 
 
 def _weights(folder):
