@@ -399,6 +399,11 @@ BEHAVIOUR_PINNED += (
     # Imports PPOTrainer at call time and calls create_vllm_engines, which reads RolloutRayActor at call time: the two
     # rebinds of install_driver_patches take effect only because of this.
     "openrlhf.cli.train_ppo_ray.train",
+    # Token streaming: make_experience sends the policy, critic and reference forwards through _dispatch_forward(group,
+    # sync, sequences=, action_mask=, attention_mask=[, mm_train_inputs_list=]), one list item per micro-batch; the
+    # maker's override routes groups with chunk-scored rows to darts_forward.
+    "openrlhf.trainer.ppo_utils.experience_maker.RemoteExperienceMaker.make_experience",
+    "openrlhf.trainer.ppo_utils.experience_maker.RemoteExperienceMaker._dispatch_forward",
 )
 
 

@@ -1,21 +1,25 @@
 """Streaming benchmark: how much experience-making forward time hides behind generation, on one CPU machine.
 
     python -m openrlhf_darts.bench.streaming [--model tiny|smollm2|PATH] [--prompts 8] [--n 4] [--max-tokens 96]
-                                             [--steps 2] [--chunk-tokens 32] [--out runs/bench_streaming]
+                                             [--steps 2] [--chunk-tokens 32] [--candidates dual_end|exactly_n]
+                                             [--out runs/bench_streaming]
 
 One local Ray cluster, one real DARTS engine (OpenRLHF's `create_vllm_engines`), CPU policy + reference actors
-(`backends/cpu`). Each step runs twice on fresh prompts from the same built-in task, alternating the order:
+(`backends/cpu`, GRPO: no critic). Each step runs three variants on fresh prompts from the same built-in task, in a
+rotating order, with the same DARTS plan (`--candidates`):
 
 - ``plain``: `generate_samples`, then upstream's `make_experience_batch` (every forward after generation);
-- ``stream``: `generate_samples` with the `DartsExperienceMaker` attached as the group sink (forwards of finished groups
-  run while vLLM still generates), then `make_experience_batch` (collect + advantages).
+- ``stream`` (`--darts.stream`): forwards of finished groups run while vLLM still generates;
+- ``tokens`` (`--darts.stream --darts.stream_tokens`): as ``stream``, and the engine also emits chunks of
+  `--chunk-tokens` tokens of every certainly-kept candidate while it decodes; the scorers' KV caches score them, and the
+  wave forwards use those scores for the finished samples.
 
-Printed and saved (``report.json``): generation and make-experience wall time per variant, the make-experience ratio
-stream / plain, ``timing/darts_overlap_hidden_ratio`` and ``timing/darts_stream_wait``; and, for the token-level path,
-the peak KV-cache bytes of the reference actor when the step's kept samples are scored chunk by chunk
-(``--chunk-tokens``), every sample live at once (the worst case the engine-side emission would reach), with a check that
-the chunked log-probs equal the full forward. CPU caveat: the engine and the model actors share the same cores, so
-overlap on CPU trades decode speed for hidden forwards; the ratio shows what the schedule hides, not a GPU speedup.
+Printed and saved (``report.json``, ``streaming.png``): generation and make-experience wall time per variant (make
+experience = from the end of generation to the Experiences, i.e. the forward time *not* hidden), the make-experience
+ratios against ``plain``, ``timing/darts_overlap_hidden_ratio`` / ``timing/darts_stream_wait``, the token-streaming
+counters (`darts/stream_token_*`) and the peak KV-cache bytes a scorer held. CPU caveat: the engine and the model actors
+share the same cores, so overlap on CPU trades decode speed for hidden forwards; the ratios show what the schedule
+hides, not a GPU speedup.
 """
 
 from __future__ import annotations
@@ -52,9 +56,11 @@ def _batches(prompts: list[str], labels: list[str], batch: int):
     ]
 
 
+VARIANTS = ("plain", "stream", "tokens")
+
+
 def run(args: argparse.Namespace) -> dict:
     import ray
-    import torch
     from transformers import AutoTokenizer
 
     from openrlhf_darts import upstream
@@ -80,8 +86,16 @@ def run(args: argparse.Namespace) -> dict:
         "rollout.micro_batch_size": args.micro_batch_size,
     }
     cargs = cpu_args(model_path, str(work), **overrides)
-    cargs.darts = argparse.Namespace(enable=True, stream=True)
-    config = DartsConfig.from_args(cargs)
+    plan_flags = {"enable": True, "stream": True, "selection": "dual_end"}
+    if args.candidates == "exactly_n":
+        plan_flags.update(min_candidates=args.n, max_candidates=args.n)  # every candidate certain to be kept
+    configs = {
+        "stream": DartsConfig.from_flags(plan_flags, args.n),
+        "tokens": DartsConfig.from_flags(
+            {**plan_flags, "stream_tokens": True, "stream_chunk_tokens": args.chunk_tokens}, args.n
+        ),
+    }
+    configs["plain"] = configs["stream"]  # same plans; only the experience maker differs
     strategy = upstream.model_side_strategy(cargs)
     policy, reference = cpu_actor_group("policy"), cpu_actor_group("reference")
     ray.get(
@@ -89,102 +103,98 @@ def run(args: argparse.Namespace) -> dict:
         + reference.async_init_model_from_pretrained(strategy, model_path)
     )
     kl = upstream.fixed_kl_controller(cargs.algo.kl.init_coef)
-    plain_maker = upstream.RemoteExperienceMaker(policy, None, None, reference, kl, strategy, tokenizer)
-    stream_maker = DartsExperienceMaker(policy, None, None, reference, kl, strategy, tokenizer, config=config)
+    makers = {"plain": upstream.RemoteExperienceMaker(policy, None, None, reference, kl, strategy, tokenizer)}
+    for name in ("stream", "tokens"):
+        makers[name] = DartsExperienceMaker(
+            policy, None, None, reference, kl, strategy, tokenizer, config=configs[name]
+        )
 
-    total = args.prompts * (args.steps * 2 + 1)
+    total = args.prompts * (args.steps * len(VARIANTS) + 1)
     prompts, labels = builtin_prompts(tokenizer, total, args.seed)
     loader = iter(_batches(prompts, labels, args.prompts))
     gen_kwargs = dict(temperature=1.0, top_p=1.0, max_new_tokens=args.max_tokens, max_len=1024)
 
-    def one_step(streaming: bool) -> dict:
-        generator = DartsSamplesGenerator(strategy, [next(loader)], None, tokenizer, [engine], config)
-        maker = stream_maker if streaming else plain_maker
-        generator.group_sink = stream_maker if streaming else None
+    def one_step(variant: str) -> dict:
+        generator = DartsSamplesGenerator(strategy, [next(loader)], None, tokenizer, [engine], configs[variant])
+        maker = makers[variant]
+        generator.group_sink = maker if variant != "plain" else None
         t0 = time.perf_counter()
         samples, *_ = generator.generate_samples(**gen_kwargs)
         t1 = time.perf_counter()
         experiences = maker.make_experience_batch(samples)
         t2 = time.perf_counter()
         record = {
-            "variant": "stream" if streaming else "plain",
+            "variant": variant,
             "generation_s": t1 - t0,
             "make_experience_s": t2 - t1,
             "samples": len(samples),
             "response_tokens": float(sum(float(e.response_length.sum()) for e in experiences)),
         }
-        if streaming:
-            record.update(stream_maker.pop_metrics())
-        return record, samples
+        if variant != "plain":
+            record.update(maker.pop_metrics())
+        return record
 
-    one_step(False)  # warm-up: first generate and first forwards are slower
-    records, last_samples = [], None
+    one_step("plain")  # warm-up: first generate and first forwards are slower
+    records = []
     for step in range(args.steps):
-        for streaming in ((False, True) if step % 2 == 0 else (True, False)):
-            record, samples = one_step(streaming)
+        order = VARIANTS[step % 3 :] + VARIANTS[: step % 3]
+        for variant in order:
+            record = one_step(variant)
             record["step"] = step
             records.append(record)
-            last_samples = samples
-            print(json.dumps(record))
+            print(json.dumps(record), flush=True)
+    ray.shutdown()
+    return {"summary": summarize(args, records), "steps": records}
 
-    chunk = _chunked_memory(ray, torch, reference, last_samples, args.chunk_tokens)
-    plain = [r for r in records if r["variant"] == "plain"]
-    stream = [r for r in records if r["variant"] == "stream"]
-    mean = lambda rows, key: statistics.fmean(r[key] for r in rows)  # noqa: E731
+
+def summarize(args: argparse.Namespace, records: list[dict]) -> dict:
+    """Means per variant and the ratios against ``plain`` (measured side by side in the same run)."""
+    rows = {v: [r for r in records if r["variant"] == v] for v in VARIANTS}
+    mean = lambda v, key: statistics.fmean(r[key] for r in rows[v])  # noqa: E731
     summary = {
         "model": args.model,
         "prompts": args.prompts,
         "n": args.n,
         "max_tokens": args.max_tokens,
         "steps": args.steps,
-        "plain_generation_s": mean(plain, "generation_s"),
-        "plain_make_experience_s": mean(plain, "make_experience_s"),
-        "stream_generation_s": mean(stream, "generation_s"),
-        "stream_make_experience_s": mean(stream, "make_experience_s"),
-        "make_experience_ratio_stream_over_plain": mean(stream, "make_experience_s")
-        / mean(plain, "make_experience_s"),
-        "plain_total_s": mean(plain, "generation_s") + mean(plain, "make_experience_s"),
-        "stream_total_s": mean(stream, "generation_s") + mean(stream, "make_experience_s"),
-        "timing/darts_overlap_hidden_ratio": mean(stream, "timing/darts_overlap_hidden_ratio"),
-        "timing/darts_stream_wait": mean(stream, "timing/darts_stream_wait"),
-        **chunk,
+        "candidates": args.candidates,
+        "chunk_tokens": args.chunk_tokens,
     }
-    ray.shutdown()
-    return {"summary": summary, "steps": records}
+    for v in VARIANTS:
+        summary[f"{v}_generation_s"] = mean(v, "generation_s")
+        summary[f"{v}_make_experience_s"] = mean(v, "make_experience_s")
+        summary[f"{v}_total_s"] = summary[f"{v}_generation_s"] + summary[f"{v}_make_experience_s"]
+    for v in ("stream", "tokens"):
+        summary[f"make_experience_ratio_{v}_over_plain"] = mean(v, "make_experience_s") / mean(
+            "plain", "make_experience_s"
+        )
+        summary[f"{v}_timing/darts_overlap_hidden_ratio"] = mean(v, "timing/darts_overlap_hidden_ratio")
+        summary[f"{v}_timing/darts_stream_wait"] = mean(v, "timing/darts_stream_wait")
+    for key in ("samples", "finished", "chunks", "tokens", "wasted_tokens", "released", "skipped"):
+        summary[f"tokens_darts/stream_token_{key}"] = mean("tokens", f"darts/stream_token_{key}")
+    summary["tokens_peak_kv_cache_bytes"] = max(r["darts/stream_token_peak_cache_bytes"] for r in rows["tokens"])
+    return summary
 
 
-def _chunked_memory(ray, torch, reference, samples, chunk_tokens: int) -> dict:
-    """Feed every sample's chunks to the reference actor round-robin (all live at once), then finish them."""
-    from openrlhf_darts.core.streaming import chunk_spans
+def plot(summary: dict, path: Path) -> None:
+    """Stacked bars per variant: generation and the make-experience time left after it."""
+    import matplotlib
 
-    (actor,) = reference._actor_handlers
-    items = []
-    for i, sample in enumerate(samples):
-        seq = sample.sequences[0]
-        num_actions = sample.action_mask.shape[1]
-        prompt = seq.shape[0] - num_actions
-        spans = chunk_spans(prompt, num_actions, 0, chunk_tokens, finished=True)
-        items.append((f"s{i}", seq, sample, spans))
-    start = time.perf_counter()
-    for step in range(max(len(s) for *_, s in items)):
-        refs = [actor.forward_chunk.remote(sid, seq[a:b].tolist()) for sid, seq, _, spans in items if step < len(spans)
-                for a, b in [spans[step]]]  # fmt: skip
-        ray.get(refs)
-    stats = ray.get(actor.chunk_cache_stats.remote())
-    max_diff = 0.0
-    for sid, seq, sample, _ in items:
-        chunked = ray.get(actor.finish_chunks.remote(sid, sample.action_mask))
-        full = ray.get(actor.forward.remote(sample.sequences, sample.action_mask, sample.attention_mask))
-        max_diff = max(max_diff, float((chunked - full).abs().max()))
-    elapsed = time.perf_counter() - start
-    assert ray.get(actor.num_live_caches.remote()) == 0
-    return {
-        "chunk_tokens": chunk_tokens,
-        "chunk_peak_kv_bytes": stats["peak_bytes"],
-        "chunk_peak_live_samples": stats["peak_live"],
-        "chunked_vs_full_max_abs_diff": max_diff,
-        "chunked_scoring_s": elapsed,
-    }
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    gen = [summary[f"{v}_generation_s"] for v in VARIANTS]
+    make = [summary[f"{v}_make_experience_s"] for v in VARIANTS]
+    ax.barh(VARIANTS, gen, label="generation")
+    ax.barh(VARIANTS, make, left=gen, label="make experience after generation")
+    ax.set_xlabel("seconds per step (mean)")
+    ax.set_title(f"{summary['model']}: {summary['prompts']} prompts x n={summary['n']}, {summary['candidates']}")
+    ax.invert_yaxis()
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,8 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--micro-batch-size", type=int, default=2, help="--rollout.micro_batch_size")
     parser.add_argument("--max-tokens", type=int, default=96, help="--rollout.max_new_tokens")
     parser.add_argument("--steps", type=int, default=2, help="measured steps per variant (after one warm-up)")
+    parser.add_argument("--chunk-tokens", type=int, default=32, help="--darts.stream_chunk_tokens (tokens variant)")
     parser.add_argument(
-        "--chunk-tokens", type=int, default=32, help="--darts.stream_chunk_tokens for the memory figure"
+        "--candidates",
+        choices=("dual_end", "exactly_n"),
+        default="dual_end",
+        help="dual_end: the default plan (1.25 n candidates, L=1); exactly_n: M'_i = n, every candidate streams",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/bench_streaming")
@@ -212,8 +226,9 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2))
+    plot(report["summary"], out / "streaming.png")
     print(json.dumps(report["summary"], indent=2))
-    print(f"wrote {out / 'report.json'}")
+    print(f"wrote {out / 'report.json'} and {out / 'streaming.png'}")
     return report
 
 

@@ -34,7 +34,7 @@ import ray
 from openrlhf_darts import upstream
 from openrlhf_darts.config import DartsConfig
 from openrlhf_darts.core.streaming import Wave, WaveScheduler, sample_index
-from openrlhf_darts.trainer.token_stream import TokenStreamer, scorer_groups
+from openrlhf_darts.trainer.token_stream import METRIC_KEYS, TokenStreamer, scorer_groups
 
 logger = logging.getLogger(__name__)
 
@@ -250,7 +250,7 @@ class DartsExperienceMaker(upstream.RemoteExperienceMaker):
         streamer.drain()
         if leftover:
             raise RuntimeError(f"token-streamed samples neither kept nor dropped by their group: {leftover[:8]}")
-        metrics = {f"darts/stream_token_{k}": float(v) for k, v in streamer.metrics.items()}
+        metrics = {METRIC_KEYS[k]: float(v) for k, v in streamer.metrics.items()}
         metrics["darts/stream_token_peak_cache_bytes"] = streamer.cache_stats()["peak_bytes"]
         streamer.reset_metrics()
         return metrics

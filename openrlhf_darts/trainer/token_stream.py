@@ -22,6 +22,17 @@ import ray
 from openrlhf_darts import upstream
 
 CHUNK_METHODS = ("forward_chunk", "finish_chunks", "release_chunks", "chunk_cache_stats")
+# TokenStreamer.metrics counter -> the metric key it is logged under (docs/metrics.md).
+METRIC_KEYS = {
+    "samples": "darts/stream_token_samples",
+    "chunks": "darts/stream_token_chunks",
+    "tokens": "darts/stream_token_tokens",
+    "finished": "darts/stream_token_finished",
+    "wasted_tokens": "darts/stream_token_wasted_tokens",
+    "released": "darts/stream_token_released",
+    "skipped": "darts/stream_token_skipped",
+    "fallback": "darts/stream_token_fallback",
+}
 
 
 @dataclass
@@ -67,9 +78,7 @@ class TokenStreamer:
         self.reset_metrics()
 
     def reset_metrics(self) -> None:
-        self.metrics = dict.fromkeys(
-            ("samples", "chunks", "tokens", "finished", "wasted_tokens", "released", "skipped", "fallback"), 0
-        )
+        self.metrics = dict.fromkeys(METRIC_KEYS, 0)
 
     # ---- while the engines decode ----------------------------------------------------------------------------
     def add(self, chunks: list[dict]) -> None:

@@ -126,6 +126,36 @@ def test_reference_actor_chunk_methods_over_ray(ray_cluster, stopping_model_path
     assert ray_cluster.get(actor.release_chunks.remote(["aborted", "dropped"])) == 2
     stats = ray_cluster.get(actor.chunk_cache_stats.remote())
     assert stats["live"] == 0 and stats["bytes"] == 0 and stats["peak_live"] == 3
+
+    # darts_forward: a right-padded micro-batch of a long and a short sample, the long row's scores from its chunks.
+    short = _sequence(length=9, seed=3)
+    width = seq.shape[1]
+    batch = torch.full((2, width), 3, dtype=torch.long)
+    batch[0], batch[1, : short.shape[1]] = seq[0], short[0]
+    attention = torch.zeros(2, width, dtype=torch.long)
+    attention[0], attention[1, : short.shape[1]] = 1, 1
+    actions = torch.zeros(2, width - 1, dtype=torch.bool)
+    actions[0, len(PROMPT) - 1 :] = True
+    actions[1, len(PROMPT) - 1 : short.shape[1] - 1] = True
+    (plain,) = ray_cluster.get(
+        group.async_run_method_batch("forward", sequences=[batch], action_mask=[actions], attention_mask=[attention])
+    )[0]
+    for start, end in _spans(len(PROMPT), width, 5):
+        ray_cluster.get(actor.forward_chunk.remote("long", batch[0, start:end].tolist()))
+    long_scores = ray_cluster.get(actor.finish_chunks.remote("long", actions[:1]))
+    (mixed,) = ray_cluster.get(
+        group.async_run_method_batch(
+            "darts_forward",
+            sequences=[batch],
+            action_mask=[actions],
+            attention_mask=[attention],
+            darts_precomputed=[[long_scores, None]],
+        )
+    )[0]
+    assert mixed.shape == plain.shape and torch.allclose(mixed, plain, atol=1e-5), (mixed - plain).abs().max()
+    assert torch.equal(mixed[0], long_scores[0])  # row 0 was not recomputed
+    with pytest.raises(Exception, match="2 precomputed entries for a micro-batch of 1"):
+        ray_cluster.get(actor.darts_forward.remote(seq, mask, torch.ones_like(seq), [None, None]))
     ray_cluster.kill(actor)
 
 

@@ -26,6 +26,8 @@ pytestmark = [pytest.mark.contract, pytest.mark.timeout(600)]
 # PPOTrainer at call time, that `_dispatch_prompts_to_vllm` builds one SamplingParams the way
 # `upstream.rollout_sampling_params` rebuilds it); fix our side if needed, then record the new hash here.
 RECORDED_SOURCE_HASHES = {
+    "openrlhf.trainer.ppo_utils.experience_maker.RemoteExperienceMaker.make_experience": "85db1fe426dec3e6",
+    "openrlhf.trainer.ppo_utils.experience_maker.RemoteExperienceMaker._dispatch_forward": "4339cdd888efc46b",
     "openrlhf.trainer.ray.vllm_engine.RolloutRayActor.generate": "19f9f4c095525958",
     "openrlhf.trainer.ppo_utils.samples_generator.SamplesGenerator._dispatch_prompts_to_vllm": "253997a0f8267a97",
     "openrlhf.trainer.ppo_utils.samples_generator.SamplesGenerator.generate_samples": "7bf3f3e95631452b",
