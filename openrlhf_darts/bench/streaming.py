@@ -17,7 +17,8 @@ rotating order, with the same DARTS plan (`--candidates`):
 Printed and saved (``report.json``, ``streaming.png``): generation and make-experience wall time per variant (make
 experience = from the end of generation to the Experiences, i.e. the forward time *not* hidden), the make-experience
 ratios against ``plain``, ``timing/darts_overlap_hidden_ratio`` / ``timing/darts_stream_wait``, the token-streaming
-counters (`darts/stream_token_*`) and the peak KV-cache bytes a scorer held. CPU caveat: the engine and the model actors
+counters (`darts/stream_token_*`), the peak KV-cache bytes a scorer held, the seconds the scorers spent in chunk
+forwards and how long their queue of chunk forwards still took when generation ended (the chunk work not hidden). CPU caveat: the engine and the model actors
 share the same cores, so overlap on CPU trades decode speed for hidden forwards; the ratios show what the schedule
 hides, not a GPU speedup.
 """
@@ -118,11 +119,18 @@ def run(args: argparse.Namespace) -> dict:
         generator = DartsSamplesGenerator(strategy, [next(loader)], None, tokenizer, [engine], configs[variant])
         maker = makers[variant]
         generator.group_sink = maker if variant != "plain" else None
+        scorers = policy._actor_handlers + reference._actor_handlers
+        busy_before = sum(s["busy_s"] for s in ray.get([a.chunk_cache_stats.remote() for a in scorers]))
         t0 = time.perf_counter()
         samples, *_ = generator.generate_samples(**gen_kwargs)
-        t1 = time.perf_counter()
+        t1, t1_wall = time.perf_counter(), time.time()
+        # Token path: a stats call queued now runs once the chunk forwards already queued on each scorer are done, so
+        # its timestamp shows how long that backlog lasted after generation (it does not block the driver).
+        probe = [a.chunk_cache_stats.remote() for a in scorers]
         experiences = maker.make_experience_batch(samples)
         t2 = time.perf_counter()
+        backlog = max(s["at"] for s in ray.get(probe)) - t1_wall
+        busy = sum(s["busy_s"] for s in ray.get([a.chunk_cache_stats.remote() for a in scorers])) - busy_before
         record = {
             "variant": variant,
             "generation_s": t1 - t0,
@@ -130,6 +138,9 @@ def run(args: argparse.Namespace) -> dict:
             "samples": len(samples),
             "response_tokens": float(sum(float(e.response_length.sum()) for e in experiences)),
         }
+        if variant == "tokens":
+            record["chunk_forward_s"] = busy  # summed over the scorer actors
+            record["chunk_backlog_at_generation_end_s"] = backlog
         if variant != "plain":
             record.update(maker.pop_metrics())
         return record
@@ -173,6 +184,8 @@ def summarize(args: argparse.Namespace, records: list[dict]) -> dict:
     for key in ("samples", "finished", "chunks", "tokens", "wasted_tokens", "released", "skipped"):
         summary[f"tokens_darts/stream_token_{key}"] = mean("tokens", f"darts/stream_token_{key}")
     summary["tokens_peak_kv_cache_bytes"] = max(r["darts/stream_token_peak_cache_bytes"] for r in rows["tokens"])
+    summary["tokens_chunk_forward_s"] = mean("tokens", "chunk_forward_s")
+    summary["tokens_chunk_backlog_at_generation_end_s"] = mean("tokens", "chunk_backlog_at_generation_end_s")
     return summary
 
 

@@ -72,6 +72,7 @@ class DartsExperienceMaker(upstream.RemoteExperienceMaker):
 
             groups = scorer_groups(self.actor_model_group, self.initial_model_group, self.critic_model_group)
             self.token_streamer = TokenStreamer(groups, max_live_caches())
+        self._chunk_busy_s = 0.0  # scorers' cumulative chunk-forward seconds when the stream opened
         self._wave_rows: dict[int, list] = {}  # id(model group) -> per micro-batch, per row: scores or None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="darts-stream")
         self._lock = threading.Lock()
@@ -89,6 +90,8 @@ class DartsExperienceMaker(upstream.RemoteExperienceMaker):
         if self._stream is not None and not self._stream.closed:
             raise RuntimeError("a stream is already open; close it (close_stream) before opening the next step's")
         rollout = self.args.rollout
+        if self.token_streamer is not None:
+            self._chunk_busy_s = self.token_streamer.cache_stats()["busy_s"]  # baseline for timing/darts_chunk_forward
         self._stream = _Stream(
             WaveScheduler(
                 rollout.batch_size * rollout.n_samples_per_prompt, rollout.micro_batch_size, self.min_micro_batches()
@@ -251,7 +254,9 @@ class DartsExperienceMaker(upstream.RemoteExperienceMaker):
         if leftover:
             raise RuntimeError(f"token-streamed samples neither kept nor dropped by their group: {leftover[:8]}")
         metrics = {METRIC_KEYS[k]: float(v) for k, v in streamer.metrics.items()}
-        metrics["darts/stream_token_peak_cache_bytes"] = streamer.cache_stats()["peak_bytes"]
+        stats = streamer.cache_stats()
+        metrics["darts/stream_token_peak_cache_bytes"] = stats["peak_bytes"]
+        metrics["timing/darts_chunk_forward"] = stats["busy_s"] - self._chunk_busy_s  # this step's chunk forwards
         streamer.reset_metrics()
         return metrics
 

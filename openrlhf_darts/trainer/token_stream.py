@@ -180,9 +180,11 @@ class TokenStreamer:
         ray.get(pending)
 
     def cache_stats(self) -> dict[str, float]:
-        """Peak KV-cache bytes and live caches over the scorers' actors (their lifetime peaks)."""
+        """Over the scorers' actors: the largest lifetime-peak KV bytes of one actor, live caches, and the seconds spent
+        in chunk forwards (summed, cumulative)."""
         stats = ray.get([a.chunk_cache_stats.remote() for g in self.groups.values() for a in upstream.actor_handles(g)])
         return {
             "peak_bytes": float(max(s["peak_bytes"] for s in stats)),
             "live": float(sum(s["live"] for s in stats)),
+            "busy_s": float(sum(s["busy_s"] for s in stats)),
         }

@@ -273,7 +273,7 @@ def test_token_streaming_equals_non_streamed_and_frees_every_cache(
     assert metrics["darts/stream_token_finished"] + metrics["darts/stream_token_released"] == (
         metrics["darts/stream_token_samples"]
     )
-    assert metrics["darts/stream_token_peak_cache_bytes"] > 0
+    assert metrics["darts/stream_token_peak_cache_bytes"] > 0 and metrics["timing/darts_chunk_forward"] > 0
     if candidates == "exactly_n":
         # Every sample longer than the prompt + one chunk streamed; none dropped, nothing wasted.
         assert metrics["darts/stream_token_released"] == 0 and metrics["darts/stream_token_wasted_tokens"] == 0
@@ -336,3 +336,21 @@ def test_token_streamer_skips_samples_when_caches_are_full(ray_cluster, scorers,
     streamer.release_all()
     streamer.drain()
     assert _live_caches(ray_cluster, scorers) == 0
+
+
+def test_failed_step_releases_token_caches(ray_cluster, scorers, tokenizer):
+    """abort_stream (generation failed) frees every cache the step's chunks opened."""
+    from openrlhf_darts.trainer.experience_maker import DartsExperienceMaker
+
+    args = copy.deepcopy(scorers.args)
+    args.darts = NS(enable=True, stream=True, stream_tokens=True)
+    maker = _maker(DartsExperienceMaker, scorers, args, tokenizer, config=DartsConfig.from_args(args))
+    maker.open_stream()
+    maker.add_token_chunks([{"key": f"3/{i}", "group_id": 3, "start": 0, "tokens": [5, 6, 7, 8]} for i in range(2)])
+    maker.token_streamer.drain()
+    assert _live_caches(ray_cluster, scorers) == 2 * 3
+    maker.abort_stream()
+    maker.token_streamer.drain()
+    assert _live_caches(ray_cluster, scorers) == 0 and maker.token_streamer.live_keys() == []
+    with pytest.raises(RuntimeError, match="no open stream"):
+        maker.add_token_chunks([])

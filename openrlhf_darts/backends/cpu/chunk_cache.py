@@ -17,6 +17,7 @@ live caches and `peak_bytes` records the largest KV footprint, for the memory fi
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -50,6 +51,7 @@ class ChunkCache:
         self._states: dict[str, _SampleState] = {}
         self.peak_bytes = 0
         self.peak_live = 0
+        self.busy_s = 0.0  # wall time spent in chunk forwards, cumulative
 
     def __len__(self) -> int:
         return len(self._states)
@@ -65,6 +67,7 @@ class ChunkCache:
         ids = torch.as_tensor(tokens, dtype=torch.long).reshape(1, -1)
         if ids.shape[1] == 0:
             raise ValueError(f"empty chunk for sample {sample_id!r}; send at least one token")
+        started = time.perf_counter()
         state = self._states.get(sample_id)
         if state is None:
             if len(self._states) >= self.max_live:
@@ -87,6 +90,7 @@ class ChunkCache:
         state.outputs.append(out)
         self.peak_live = max(self.peak_live, len(self._states))
         self.peak_bytes = max(self.peak_bytes, self.cached_bytes())
+        self.busy_s += time.perf_counter() - started
         return out
 
     def finish(self, sample_id: str, action_mask: torch.Tensor) -> torch.Tensor:
@@ -176,12 +180,14 @@ class ChunkScoringMixin:
     def num_live_caches(self) -> int:
         return len(self.chunks)
 
-    def chunk_cache_stats(self) -> dict[str, int]:
+    def chunk_cache_stats(self) -> dict[str, float]:
         return {
             "live": len(self.chunks),
             "bytes": self.chunks.cached_bytes(),
             "peak_bytes": self.chunks.peak_bytes,
             "peak_live": self.chunks.peak_live,
+            "busy_s": self.chunks.busy_s,
+            "at": time.time(),  # when this call ran: queued behind the actor's chunk forwards, so it shows a backlog
         }
 
     def darts_forward(self, sequences, action_mask, attention_mask, darts_precomputed, **kwargs) -> torch.Tensor:
