@@ -22,6 +22,13 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 from openrlhf_darts.backends.cpu.chunk_cache import ChunkCache, ChunkScoringMixin, causal_lm_step  # noqa: E402
 from openrlhf_darts.core.streaming import chunk_spans  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(__file__))
+from chunked_forward_check import build as build_with_config  # noqa: E402  (same model shapes as that check)
+
+
+def build(small: bool, dtype, device):
+    return build_with_config(small, dtype, device)[0]
+
 
 class Scorer(ChunkScoringMixin):
     def __init__(self, model, device):
@@ -35,20 +42,6 @@ class Scorer(ChunkScoringMixin):
         logits = self.model(seq, attention_mask=att, position_ids=positions).logits.float()
         logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, seq[:, 1:, None])[..., 0]
         return (logp[:, -action_mask.shape[1] :] * action_mask.to(self.device).float()).cpu()
-
-
-def build(small: bool, dtype, device):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    if small:
-        cfg = Qwen2Config(vocab_size=1024, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192)
-    else:
-        cfg = Qwen2Config(vocab_size=32000, hidden_size=2048, intermediate_size=5504, num_hidden_layers=8,
-                          num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=16384)
-    cfg._attn_implementation = "sdpa"
-    return Qwen2ForCausalLM(cfg).to(device=device, dtype=dtype).eval()
 
 
 def batch(small: bool):
