@@ -18,3 +18,25 @@ run_train() {
     cd "${REPO_ROOT}" || return 1
     exec "${PYTHON:-python3}" -m "$@"
 }
+
+: "${RUN_NAME:?set RUN_NAME before sourcing this file}"
+
+# Prompts and the rule reward of every recipe. DATA: JSONL with {"prompt": <DAPO-Math-17k prompt text>,
+# "label": <reference answer>}; docs/reproduce.md converts the Hugging Face dataset into this file.
+DATA=${DATA:-${REPO_ROOT}/data/dapo-math-17k.jsonl}
+# shellcheck disable=SC2034  # read by the common_*.sh files that source this one
+DATA_REWARD_ARGS=(
+    --data.prompt_dataset "${DATA}"
+    --data.input_key prompt
+    --data.label_key label
+    --data.apply_chat_template
+    --reward.remote_url "${REPO_ROOT}/examples/scripts/reward_math.py"
+)
+# Where a run writes: TensorBoard events, the wandb run name, checkpoints and the final model.
+# shellcheck disable=SC2034
+OUTPUT_ARGS=(
+    --logger.tensorboard_dir "${OUT_ROOT}/tensorboard"
+    --logger.wandb.run_name "${RUN_NAME}"
+    --ckpt.path "${OUT_ROOT}/${RUN_NAME}/ckpt"
+    --ckpt.output_dir "${OUT_ROOT}/${RUN_NAME}/model"
+)

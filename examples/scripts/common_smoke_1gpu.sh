@@ -7,18 +7,12 @@
 source "$(dirname "${BASH_SOURCE[0]}")/common_env.sh"
 
 MODEL=${MODEL:-Qwen/Qwen2.5-0.5B-Instruct}
-DATA=${DATA:-${REPO_ROOT}/data/dapo-math-17k.jsonl}
-: "${RUN_NAME:?set RUN_NAME before sourcing this file}"
 
 # shellcheck disable=SC2034  # read by the train_*.sh scripts that source this file
 BASE_ARGS=(
     --actor.model_name_or_path "${MODEL}"
-    --data.prompt_dataset "${DATA}"
-    --data.input_key prompt
-    --data.label_key label
-    --data.apply_chat_template
+    "${DATA_REWARD_ARGS[@]}"
     --data.max_samples 128
-    --reward.remote_url "${REPO_ROOT}/examples/scripts/reward_math.py"
     # placement: one GPU shared by the actor and one vLLM engine
     --actor.num_nodes 1
     --actor.num_gpus_per_node 1
@@ -46,8 +40,5 @@ BASE_ARGS=(
     --ds.param_dtype bf16
     --actor.gradient_checkpointing_enable
     --train.seed 42
-    --logger.tensorboard_dir "${OUT_ROOT}/tensorboard"
-    --logger.wandb.run_name "${RUN_NAME}"
-    --ckpt.path "${OUT_ROOT}/${RUN_NAME}/ckpt"
-    --ckpt.output_dir "${OUT_ROOT}/${RUN_NAME}/model"
+    "${OUTPUT_ARGS[@]}"
 )

@@ -1,20 +1,10 @@
 #!/usr/bin/env bash
 # DARTS: the baseline command of train_qwen2.5_math_7b_1node_baseline.sh, run through openrlhf_darts' entry point,
-# plus the --darts.* lines below (paper settings: M = 8, candidates in [8, 16], L:K = 1:7, tail pruning, streaming).
+# plus PAPER_DARTS_ARGS from common_reference_recipe.sh (paper settings: M = 8, candidates in [8, 16], L:K = 1:7,
+# tail pruning, streaming).
 set -euo pipefail
 RUN_NAME=${RUN_NAME:-qwen2.5-math-7b-1node-darts}
 # shellcheck source=common_qwen2.5_math_7b_1node.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common_qwen2.5_math_7b_1node.sh"
 
-DARTS_ARGS=(
-    --darts.enable
-    --darts.selection dual_end
-    --darts.num_long 1
-    --darts.min_candidates 8
-    --darts.max_candidates 16
-    --darts.budget fixed
-    --darts.avg_candidates 10
-    --darts.tail_prune paper
-    --darts.stream
-)
-run_train openrlhf_darts.cli.train_ppo_ray "${BASE_ARGS[@]}" "${DARTS_ARGS[@]}"
+run_train openrlhf_darts.cli.train_ppo_ray "${BASE_ARGS[@]}" "${PAPER_DARTS_ARGS[@]}"

@@ -1,0 +1,47 @@
+# The DARTS reference recipe (DARTS_SPEC.md §6), shared by the Qwen2.5-Math-7B and Qwen2.5-32B scripts: GRPO with the
+# DAPO tricks (clip-higher 0.2/0.28, token-mean loss, overlong buffer, no KL), a PPO mini-batch of 32 prompts x 8,
+# lr 1e-6, ZeRO-3 bf16 with packing; and the paper's DARTS settings (M = 8, candidates in [8, 16], L:K = 1:7, tail
+# pruning, streaming), which the *_darts.sh scripts add.
+# Sourced by common_qwen2.5_math_7b_1node.sh and common_qwen2.5_32b_multinode.sh.
+# shellcheck shell=bash
+# shellcheck source=common_env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common_env.sh"
+
+PROMPT_MAX=${PROMPT_MAX:-2048}
+OVERLONG_BUFFER=${OVERLONG_BUFFER:-4096}
+
+# shellcheck disable=SC2034  # read by the files that source this one
+RECIPE_ARGS=(
+    # GRPO + DAPO tricks
+    --algo.advantage.estimator group_norm
+    --algo.kl.init_coef 0
+    --actor.eps_clip_low_high 0.2 0.28
+    --actor.loss_agg_mode token-mean
+    --reward.overlong_buffer_len "${OVERLONG_BUFFER}"
+    --reward.overlong_penalty_factor 1.0
+    # PPO update: mini-batch of 32 prompts x 8 = 256 samples
+    --train.batch_size 256
+    --train.micro_batch_size 1
+    --train.num_episodes 1
+    --train.max_epochs 1
+    --actor.adam.lr 1e-6
+    --actor.lr_warmup_ratio 0
+    --ds.zero_stage 3
+    --ds.param_dtype bf16
+    --ds.packing_samples
+    --actor.gradient_checkpointing_enable
+    --train.seed 42
+)
+
+# shellcheck disable=SC2034
+PAPER_DARTS_ARGS=(
+    --darts.enable
+    --darts.selection dual_end
+    --darts.num_long 1
+    --darts.min_candidates 8
+    --darts.max_candidates 16
+    --darts.budget fixed
+    --darts.avg_candidates 10
+    --darts.tail_prune paper
+    --darts.stream
+)
