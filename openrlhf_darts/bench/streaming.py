@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> dict:
         generator = DartsSamplesGenerator(strategy, [next(loader)], None, tokenizer, [engine], configs[variant])
         maker = makers[variant]
         generator.group_sink = maker if variant != "plain" else None
-        scorers = policy._actor_handlers + reference._actor_handlers
+        scorers = upstream.actor_handles(policy) + upstream.actor_handles(reference)
         busy_before = sum(s["busy_s"] for s in ray.get([a.chunk_cache_stats.remote() for a in scorers]))
         t0 = time.perf_counter()
         samples, *_ = generator.generate_samples(**gen_kwargs)

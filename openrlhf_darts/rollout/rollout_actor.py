@@ -99,9 +99,7 @@ class _GroupRun:
                 continue
             generated = self.token_ids[index]
             for start, end in chunk_spans(len(prompt), len(generated), self.sent[index], self.chunk_tokens, False):
-                tokens = (prompt[start:end] if start < len(prompt) else []) + list(
-                    generated[max(0, start - len(prompt)) : end - len(prompt)]
-                )
+                tokens = [*prompt[start:end], *generated[max(0, start - len(prompt)) : end - len(prompt)]]
                 self._emit({"key": self.stream_key(index), "group_id": self.group_id, "start": start, "tokens": tokens})
                 self.sent[index] = end
 

@@ -101,18 +101,16 @@ class DartsExperienceMaker(upstream.RemoteExperienceMaker):
     def add_token_chunks(self, chunks: list[dict]) -> None:
         """Token chunks drained from the engines (`pop_token_chunks`): sent on to the scorers' KV caches."""
         self._require_open()
-        if chunks:
-            self._require_token_streamer().add(chunks)
+        if not chunks:
+            return
+        if self.token_streamer is None:
+            raise RuntimeError("token chunks arrived but --darts.stream_tokens is off for this experience maker")
+        self.token_streamer.add(chunks)
 
     def drop_group(self, group_id: int) -> None:
         """A group that will not be scored (dynamic filtering): free its token-streaming caches."""
         if self.token_streamer is not None:
             self.token_streamer.release_group(group_id)
-
-    def _require_token_streamer(self) -> TokenStreamer:
-        if self.token_streamer is None:
-            raise RuntimeError("token chunks arrived but --darts.stream_tokens is off for this experience maker")
-        return self.token_streamer
 
     def dispatch_group(self, experiences: list, group_id: int | None = None, stream_keys: list | None = None) -> None:
         """One accepted group's n Experiences (rank order): assign global indices and release any ready wave.
@@ -165,10 +163,11 @@ class DartsExperienceMaker(upstream.RemoteExperienceMaker):
         # A short final wave (the dataloader ran out) repeats its last micro-batch up to the actor count; the repeats
         # are the same object, so they get the same (deterministic) results and are dropped on collect.
         padding = max(0, self.min_micro_batches() - len(samples_list))
-        # Token streaming: per model group, per micro-batch, per row the finish_chunks ref or None.
+        # Token streaming: per model group, per micro-batch, per row the finish_chunks ref or None. Every streamed
+        # sample has a ref for every scorer group, so a wave with one streamed sample routes all of them.
         rows = {}
-        if stream.precomputed:
-            indices = list(range(wave.start, wave.end))
+        indices = list(range(wave.start, wave.end))
+        if any(i in stream.precomputed for i in indices):
             per_mb = [indices[i : i + micro] for i in range(0, len(indices), micro)]
             for name in self.token_streamer.groups:
                 rows[name] = [[stream.precomputed.get(i, {}).get(name) for i in mb] for mb in per_mb]
@@ -184,12 +183,10 @@ class DartsExperienceMaker(upstream.RemoteExperienceMaker):
 
     def _run_wave(self, stream: _Stream, samples_list: list, keep: int, rows: dict) -> list:
         start = time.perf_counter()
-        groups = self.token_streamer.groups if self.token_streamer is not None else {}
-        resolved = {
-            id(groups[name]): [[ray.get(ref) if ref is not None else None for ref in mb] for mb in per_mb]
+        self._wave_rows = {
+            id(self.token_streamer.groups[name]): [[None if r is None else ray.get(r) for r in mb] for mb in per_mb]
             for name, per_mb in rows.items()
         }
-        self._wave_rows = {key: mbs for key, mbs in resolved.items() if any(r is not None for mb in mbs for r in mb)}
         try:
             experiences = self.make_experience(samples_list)[:keep]  # upstream's forwards + KL, unchanged
         finally:

@@ -167,11 +167,8 @@ class DartsSamplesGenerator(upstream.SamplesGenerator):
                             )
                         continue
                     accepted.extend(group)
-                    if tokens:
-                        keys = [r.get("darts_stream_key") for r in responses]
-                        sink.dispatch_group(group, group_id=group_id, stream_keys=keys)
-                    else:
-                        sink.dispatch_group(group)
+                    keys = [r.get("darts_stream_key") for r in responses]  # all None without token streaming
+                    sink.dispatch_group(group, group_id=group_id, stream_keys=keys)
                     bar.update()
         except BaseException:
             sink.abort_stream()
