@@ -214,6 +214,14 @@ class DartsConfig:
                 "--ds.packing_samples / --ds.ring_attn_size or --darts.stream_tokens",
             )
             _check(
+                not (config.stream_tokens and args.ds.zero_stage == 3),
+                "--darts.stream_tokens with --ds.zero_stage 3: chunk forwards run on one actor of a model group, and "
+                "under ZeRO-3 every forward gathers the sharded parameters with collectives that the other "
+                "data-parallel ranks do not join, so the job can hang. Rejected with one rank too: there ZeRO-3 "
+                "has nothing to shard and the chunk path is untested under it. Use --ds.zero_stage 2 (any number of "
+                "ranks) or drop --darts.stream_tokens",
+            )
+            _check(
                 not (config.stream and args.vllm.enable_sleep),
                 "--darts.stream with --vllm.enable_sleep: engines sleep while the models score, so nothing "
                 "overlaps. Drop one of them",

@@ -2,9 +2,10 @@
 
 Each class extends upstream's Ray actor class one level deep (`X.__ray_actor_class__`), calls upstream's
 `init_model_from_pretrained` unchanged and then builds a `ChunkCache` over the prepared model's Hugging Face module
-(`DeepSpeedEngine.module`; under ZeRO-3 every chunk forward gathers the parameters again, so pick a large
-`--darts.stream_chunk_tokens` there). The chunk methods are the CPU backend's (`backends/cpu/chunk_cache.py`):
-`forward_chunk`, `finish_chunks`, `release_chunks`, `num_live_caches`, `chunk_cache_stats`.
+(`DeepSpeedEngine.module`; whole parameters on every rank: `DartsConfig.from_args` rejects ZeRO-3, whose gathers are
+collectives that a chunk forward on one rank would enter alone, docs/streaming.md). The chunk methods are the CPU
+backend's (`backends/cpu/chunk_cache.py`): `forward_chunk`, `finish_chunks`, `release_chunks`, `num_live_caches`,
+`chunk_cache_stats`.
 
 `upstream.install_chunked_model_actors()` rebinds these classes in their defining modules before
 `openrlhf.cli.train_ppo_ray` imports them. Packing and ring attention are not supported on the chunk path.

@@ -25,7 +25,11 @@ def _args(n: int = 8, darts: dict | None = None, **train_flags) -> SimpleNamespa
         "dynamic_batch_enable": False,
     }
     vllm = {"enable_sleep": train_flags.pop("enable_sleep", False)}
-    ds = {"packing_samples": train_flags.pop("packing_samples", False), "ring_attn_size": 1}
+    ds = {
+        "packing_samples": train_flags.pop("packing_samples", False),
+        "ring_attn_size": 1,
+        "zero_stage": train_flags.pop("zero_stage", 2),
+    }
     train.update(train_flags)
     return SimpleNamespace(
         darts=SimpleNamespace(**{"enable": True, **(darts or {})}),
@@ -185,6 +189,32 @@ def test_stream_tokens_with_packed_samples():
         "Drop --ds.packing_samples / --ds.ring_attn_size or --darts.stream_tokens",
     )
     assert DartsConfig.from_args(_args(darts={"stream": True, "stream_tokens": True})).stream_tokens
+
+
+@pytest.mark.parametrize("num_nodes, gpus_per_node", [(1, 1), (2, 8)])
+def test_stream_tokens_with_zero3_is_rejected_at_any_rank_count(num_nodes, gpus_per_node):
+    # Under ZeRO-3 a chunk forward on one actor gathers parameters with collectives (a hang with > 1 rank); one rank
+    # is rejected too (docs/streaming.md, "ZeRO-3"), so the actor's rank count must not change the answer.
+    args = _args(darts={"stream": True, "stream_tokens": True}, zero_stage=3)
+    args.actor = SimpleNamespace(num_nodes=num_nodes, num_gpus_per_node=gpus_per_node)
+    _rejects(
+        args,
+        "--darts.stream_tokens with --ds.zero_stage 3",
+        "Rejected with one rank too",
+        "Use --ds.zero_stage 2 (any number of ranks) or drop --darts.stream_tokens",
+    )
+
+
+@pytest.mark.parametrize("zero_stage", [0, 1, 2])
+def test_stream_tokens_below_zero3_is_accepted(zero_stage):
+    args = _args(darts={"stream": True, "stream_tokens": True}, zero_stage=zero_stage)
+    assert DartsConfig.from_args(args).stream_tokens
+
+
+def test_zero3_without_token_streaming_is_accepted():
+    # Sample-level streaming sends every wave to all ranks (one micro-batch per actor), so ZeRO-3 is fine there.
+    assert DartsConfig.from_args(_args(darts={"stream": True}, zero_stage=3)).stream
+    assert not DartsConfig.from_args(_args(darts={"enable": False, "stream_tokens": True}, zero_stage=3)).enable
 
 
 def test_stream_tokens_without_stream():
