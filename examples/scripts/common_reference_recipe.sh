@@ -2,7 +2,9 @@
 # DAPO tricks (clip-higher 0.2/0.28, token-mean loss, overlong buffer, no KL), a PPO mini-batch of 32 prompts x 8,
 # lr 1e-6, ZeRO-3 bf16 with packing; and the paper's DARTS settings (M = 8, candidates in [8, 16], L:K = 1:7, tail
 # pruning, streaming), which the *_darts.sh scripts add.
-# Sourced by common_qwen2.5_math_7b_1node.sh and common_qwen2.5_32b_multinode.sh.
+# RECIPE_ZERO2_UNPACKED_ARGS is the same recipe with ZeRO-2 and without packing, the variant --darts.stream_tokens can
+# run with (it rejects --ds.packing_samples and --ds.zero_stage 3; docs/streaming.md); the ablation scripts use it.
+# Sourced by common_qwen2.5_math_7b_1node.sh, common_qwen2.5_32b_multinode.sh and common_qwen2.5_14b_ablation.sh.
 # shellcheck shell=bash
 # shellcheck source=common_env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common_env.sh"
@@ -10,8 +12,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/common_env.sh"
 PROMPT_MAX=${PROMPT_MAX:-2048}
 OVERLONG_BUFFER=${OVERLONG_BUFFER:-4096}
 
-# shellcheck disable=SC2034  # read by the files that source this one
-RECIPE_ARGS=(
+# Everything but the ZeRO stage and packing.
+RECIPE_TRAIN_ARGS=(
     # GRPO + DAPO tricks
     --algo.advantage.estimator group_norm
     --algo.kl.init_coef 0
@@ -26,12 +28,14 @@ RECIPE_ARGS=(
     --train.max_epochs 1
     --actor.adam.lr 1e-6
     --actor.lr_warmup_ratio 0
-    --ds.zero_stage 3
     --ds.param_dtype bf16
-    --ds.packing_samples
     --actor.gradient_checkpointing_enable
     --train.seed 42
 )
+# shellcheck disable=SC2034  # read by the files that source this one
+RECIPE_ARGS=("${RECIPE_TRAIN_ARGS[@]}" --ds.zero_stage 3 --ds.packing_samples)
+# shellcheck disable=SC2034
+RECIPE_ZERO2_UNPACKED_ARGS=("${RECIPE_TRAIN_ARGS[@]}" --ds.zero_stage 2)
 
 # shellcheck disable=SC2034
 PAPER_DARTS_ARGS=(

@@ -207,6 +207,9 @@ def test_invalid_combinations_raise_in_on_parsed(extra, message, monkeypatch, ca
 
 
 def test_stream_tokens_installs_the_chunk_forward_model_actors(monkeypatch, capsys):
+    from openrlhf_darts import compat
+
+    compat.install()  # OpenRLHF's models import flash-attn: the CPU fallback must be on the path first
     from openrlhf.trainer.ray import launcher, ppo_actor, ppo_critic
 
     from openrlhf_darts.backends import gpu_chunked
@@ -220,12 +223,18 @@ def test_stream_tokens_installs_the_chunk_forward_model_actors(monkeypatch, caps
     with pytest.raises(ValueError, match=re.escape("--darts.stream_tokens with --ds.packing_samples")):
         _parse(args + ["--darts.stream_tokens"], monkeypatch, capsys)
     unpacked = [a for a in args if a != "--ds.packing_samples"]
+    # Unpacked, it still runs ZeRO-3, where a chunk forward on one rank would gather parameters alone (a hang).
+    with pytest.raises(ValueError, match=re.escape("--darts.stream_tokens with --ds.zero_stage 3")):
+        _parse(unpacked + ["--darts.stream_tokens"], monkeypatch, capsys)
+    stage = unpacked.index("--ds.zero_stage")
+    assert unpacked[stage + 1] == "3"  # precondition of the ZeRO-3 case above
+    zero2 = unpacked[: stage + 1] + ["2"] + unpacked[stage + 2 :]
     # An abbreviation parses (argparse allows it) but cannot be seen before parsing: rejected with the fix.
     with pytest.raises(ValueError, match="spell out --darts.enable and --darts.stream_tokens in full"):
-        _parse(unpacked + ["--darts.stream_tok"], monkeypatch, capsys)
+        _parse(zero2 + ["--darts.stream_tok"], monkeypatch, capsys)
     for (module, name), cls in zip(seams, upstream_classes):
         setattr(module, name, cls)  # start from upstream's classes again
-    assert _parse(unpacked + ["--darts.stream_tokens"], monkeypatch, capsys)["darts"]["stream_tokens"] is True
+    assert _parse(zero2 + ["--darts.stream_tokens"], monkeypatch, capsys)["darts"]["stream_tokens"] is True
     assert launcher.ReferenceModelActor is gpu_chunked.DartsReferenceModelActor
     assert ppo_actor.PolicyModelActor is gpu_chunked.DartsPolicyModelActor
     assert ppo_critic.CriticModelActor is gpu_chunked.DartsCriticModelActor
@@ -267,6 +276,121 @@ def test_driver_classes_are_rebound_only_with_enable(variant, monkeypatch, capsy
         from openrlhf_darts.trainer.ppo_trainer import DartsPPOTrainer
 
         assert rebound == (DartsPPOTrainer, DartsRolloutRayActor)
+
+
+# ---- the paper's ablation (DARTS_SPEC.md §5), runnable with token streaming ----------------------------------------
+
+ABLATION_ARMS = ["0_baseline", "1_stream_tokens", "2_dual_end_uniform", "3_adaptive"]
+
+
+def _arm(arm: str) -> Path:
+    return SCRIPTS / f"ablation_qwen2.5_14b_{arm}.sh"
+
+
+# The --darts.* flags each arm changes against the previous one (arm 1: all of its lines, against a baseline without).
+ABLATION_CHANGES = {
+    "1_stream_tokens": {
+        "--darts.enable",
+        "--darts.selection",
+        "--darts.num_long",
+        "--darts.min_candidates",
+        "--darts.max_candidates",
+        "--darts.budget",
+        "--darts.avg_candidates",
+        "--darts.tail_prune",
+        "--darts.stream",
+        "--darts.stream_tokens",
+    },
+    "2_dual_end_uniform": {"--darts.min_candidates", "--darts.max_candidates", "--darts.avg_candidates"},
+    "3_adaptive": {"--darts.min_candidates", "--darts.max_candidates", "--darts.tail_prune"},
+}
+# (M_low, M_up, average, L, tail_prune) per DARTS arm, by hand from the arm's description (n = 8).
+ABLATION_PLANS = {
+    "1_stream_tokens": (8, 8, 8.0, 1, "off"),  # M'_i = n: nothing selected
+    "2_dual_end_uniform": (10, 10, 10.0, 1, "off"),  # 10 for every prompt, keep 7 shortest + the longest
+    "3_adaptive": (8, 16, 10.0, 1, "paper"),  # the same average of 10, allocated in [n, 2n]
+}
+
+
+@pytest.fixture
+def restore_model_actor_classes(monkeypatch):
+    """Parsing with --darts.enable --darts.stream_tokens rebinds upstream's model actor classes; undo it afterwards."""
+    from openrlhf_darts import compat
+
+    compat.install()  # OpenRLHF's models import flash-attn: the CPU fallback must be on the path first
+    from openrlhf.trainer.ray import launcher, ppo_actor, ppo_critic
+
+    seams = [(launcher, "ReferenceModelActor"), (ppo_actor, "PolicyModelActor"), (ppo_critic, "CriticModelActor")]
+    for module, name in seams:
+        monkeypatch.setattr(module, name, getattr(module, name))
+
+
+def test_ablation_scripts_are_the_four_arms():
+    assert sorted(SCRIPTS.glob("ablation_*.sh")) == [_arm(arm) for arm in ABLATION_ARMS]
+
+
+def test_each_ablation_arm_differs_from_the_previous_only_in_darts_lines():
+    commands = [_script_command(_arm(arm), run_name="same") for arm in ABLATION_ARMS]
+    assert [module for module, _ in commands] == [UPSTREAM_MODULE] + [DARTS_MODULE] * 3
+    baseline = commands[0][1]
+    assert not any(token.startswith("--darts.") for token in baseline)
+    darts_lines = [{}]
+    for arm, (_, args) in zip(ABLATION_ARMS[1:], commands[1:]):
+        # The baseline command unchanged, in the same order, then only --darts.* lines.
+        assert args[: len(baseline)] == baseline, arm
+        added = _flag_values(args[len(baseline) :])
+        assert added and all(flag.startswith("--darts.") for flag in added), (arm, sorted(added))
+        darts_lines.append(added)
+    for arm, previous, current in zip(ABLATION_ARMS[1:], darts_lines, darts_lines[1:]):
+        changed = {flag for flag in previous.keys() | current.keys() if previous.get(flag) != current.get(flag)}
+        assert changed == ABLATION_CHANGES[arm], arm
+    # The last arm is the paper's DARTS command (PAPER_DARTS_ARGS, as in the 32B script) plus token streaming.
+    _, paper = _script_command(SCRIPTS / "train_qwen2.5_32b_multinode_darts.sh")
+    paper_darts = {flag: values for flag, values in _flag_values(paper).items() if flag.startswith("--darts.")}
+    assert darts_lines[-1] == {**paper_darts, "--darts.stream_tokens": []}
+
+
+@pytest.mark.parametrize("arm", ABLATION_ARMS)
+def test_ablation_script_flags_parse_on_the_shared_zero2_unpacked_recipe(
+    arm, monkeypatch, capsys, restore_model_actor_classes
+):
+    script = _arm(arm)
+    module, args = _script_command(script)
+    parsed = _parse(args, monkeypatch, capsys)
+    for flag, given in _flag_values(args).items():
+        value = _lookup(parsed["args"], flag[2:])
+        assert _same(value, given), f"{script.name}: {flag} {given} parsed as {value!r}"
+    # Every arm, the baseline included, runs the token-streaming variant of the recipe: ZeRO-2, no packing.
+    ds = parsed["args"]["ds"]
+    assert (ds["zero_stage"], ds["packing_samples"]) == (2, False)
+    _, reference = _script_command(SCRIPTS / "train_qwen2.5_32b_multinode_baseline.sh")
+    assert {"--ds.zero_stage": ["3"], "--ds.packing_samples": []}.items() <= _flag_values(reference).items()
+    darts = parsed["darts"]
+    assert darts["enable"] == (module == DARTS_MODULE) == (arm != "0_baseline")
+    if darts["enable"]:
+        plan = (darts["min_candidates"], darts["max_candidates"], darts["avg_candidates"], darts["num_long"])
+        assert (*plan, darts["tail_prune"]) == ABLATION_PLANS[arm]
+        assert darts["n_samples_per_prompt"] == 8 and darts["selection"] == "dual_end"
+        assert darts["stream"] and darts["stream_tokens"]
+
+
+def test_token_streaming_arm_on_zero3_fails_before_any_ray_actor(restore_model_actor_classes):
+    _, args = _script_command(_arm("1_stream_tokens"))
+    env = {**os.environ}
+    env.pop("OPENRLHF_DARTS_PARSE_ONLY", None)  # a real run: without validation it would go on to ray.init
+    result = subprocess.run(
+        [sys.executable, "-m", DARTS_MODULE, *args, "--ds.zero_stage", "3"],  # the later value wins in argparse
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert result.returncode != 0
+    assert "ValueError: --darts.stream_tokens with --ds.zero_stage 3" in result.stderr
+    assert "Use --ds.zero_stage 2 (any number of ranks) or drop --darts.stream_tokens" in result.stderr
+    assert "Started a local Ray instance" not in result.stdout + result.stderr
+    assert "ray.init" not in result.stderr
 
 
 # ---- shell hygiene --------------------------------------------------------------------------------------------------
