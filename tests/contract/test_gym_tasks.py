@@ -143,17 +143,20 @@ def test_rollout_bench_renders_the_task_through_the_chat_template(tokenizer):
         assert problem["messages"][1]["content"] in prompt and problem["messages"][0]["content"] in prompt
 
 
-def test_local_mode_prompt_file_reads_through_upstreams_prompt_preprocessing(tmp_path, tokenizer):
+def test_local_mode_prompt_file_loads_through_upstreams_dataset_code(tmp_path, tokenizer):
     from argparse import Namespace
 
     from openrlhf.datasets.prompts_dataset import preprocess_data
+    from openrlhf.datasets.utils import blending_datasets
 
     from openrlhf_darts.local import compare
 
     args = Namespace(task="gsm_symbolic", steps=2, prompts_per_step=2, seed=0, difficulty=None)
     path = tmp_path / "problems.jsonl"
     assert compare.write_problems(args, path) == tasks.reward_file("gsm_symbolic")
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    # Upstream's loader for --data.prompt_dataset (a list-of-messages prompt column goes through `datasets`).
+    strategy = Namespace(print=lambda *a: None, is_rank_0=lambda: False)
+    rows = list(blending_datasets(str(path), None, strategy, seed=0))
     problems = tasks.task_problems("gsm_symbolic", 4, seed=0)
     assert len(rows) == 4
     for row, problem in zip(rows, problems):
