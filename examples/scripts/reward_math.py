@@ -96,12 +96,15 @@ class _Worker:
             raise RuntimeError(f"the math-verify helper ({_SCRIPT} --worker) did not start within {START_TIMEOUT_S} s")
 
     def _read(self, timeout: float) -> dict | None:
-        """The next reply line, or None when none came within ``timeout`` seconds or the process ended."""
+        """The next reply, or None when none came within ``timeout`` seconds; RuntimeError if the process ended."""
         ready, _, _ = select.select([self.process.stdout], [], [], timeout)
         if not ready:
             return None
         line = self.process.stdout.readline()
-        return json.loads(line) if line else None
+        if not line:
+            code = self.process.wait()
+            raise RuntimeError(f"the math-verify helper ({_SCRIPT} --worker) ended with exit code {code}")
+        return json.loads(line)
 
     def ask(self, response: str, label: str, timeout: float) -> dict | None:
         self.process.stdin.write(json.dumps({"response": response, "label": label}) + "\n")
@@ -131,16 +134,16 @@ class _Pool:
                 worker = _Worker()
                 with self.lock:
                     self.all.add(worker)
-            reply = worker.ask(response, label, timeout)
-            if reply is None:
-                with self.lock:
-                    self.all.discard(worker)
-                code = worker.process.poll()
-                worker.kill()
-                if code is not None:
-                    raise RuntimeError(f"the math-verify helper process exited with code {code} while checking")
-                return None
-            self.idle.put(worker)
+            reply = None
+            try:
+                reply = worker.ask(response, label, timeout)
+            finally:
+                if reply is None:  # timed out, or the helper broke: it is not reused
+                    with self.lock:
+                        self.all.discard(worker)
+                    worker.kill()
+                else:
+                    self.idle.put(worker)
             return reply
 
     def close(self) -> None:
