@@ -492,7 +492,9 @@ def plot_lengths(report: dict[str, Any], path: str | os.PathLike) -> None:
         ax.set_xlabel("response length (tokens)")
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("candidates")
-    fig.suptitle(f"rollout lengths, model={report['meta'].get('model', '?')}, n={report['meta'].get('n', '?')}")
+    meta = report["meta"]
+    task = f", task={meta['task']}" if "task" in meta else ""
+    fig.suptitle(f"rollout lengths, model={meta.get('model', '?')}{task}, n={meta.get('n', '?')}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
