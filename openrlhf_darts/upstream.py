@@ -500,3 +500,33 @@ def fixed_kl_controller(coef: float):
     from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
 
     return FixedKLController(coef)
+
+
+# --- reward function files (--reward.remote_url file.py) ------------------------------------------------------------
+BEHAVIOUR_PINNED += (
+    # A remote_url ending in .py is loaded with importlib.util.spec_from_file_location (module name "reward_func") and
+    # its `reward_func` attribute becomes executor.reward_func: bench.tasks, bench.gym_tasks and
+    # examples/scripts/reward_math.py are such files.
+    "openrlhf.utils.agent.SingleTurnAgentExecutor.__init__",
+    # Calls reward_func(queries, prompts, labels) with one sample per call, each through asyncio.to_thread, i.e. from
+    # a worker thread (no signal.alarm there: examples/scripts/reward_math.py bounds math-verify's time otherwise).
+    "openrlhf.utils.agent.SingleTurnAgentExecutor._fetch_rewards_via_func",
+)
+CONTRACT["openrlhf.utils.agent.SingleTurnAgentExecutor.__init__"] = ("remote_rm_url",)
+
+
+def reward_file_executor(path: str):
+    """Upstream's engine-side `SingleTurnAgentExecutor` for a reward file (it loads the file's `reward_func`)."""
+    from openrlhf.utils.agent import SingleTurnAgentExecutor
+
+    if not str(path).endswith(".py"):
+        raise ValueError(f"path={path!r} is not a .py file; upstream loads reward functions only from .py files")
+    return SingleTurnAgentExecutor(remote_rm_url=str(path))
+
+
+def score_like_engine(executor, queries: list[str], prompts: list[str], labels: list[str]) -> list[dict]:
+    """Score samples exactly as an engine actor does: `executor.reward_func` called once per sample, concurrently, each
+    from a worker thread (`_fetch_rewards_via_func`); one result dict per sample, exceptions propagate."""
+    import asyncio
+
+    return asyncio.run(executor._fetch_rewards_via_func(list(queries), list(prompts), list(labels)))

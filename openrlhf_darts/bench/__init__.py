@@ -3,7 +3,8 @@
 - ``rollout``: OpenRLHF baseline vs DARTS shortest-only vs DARTS dual-end on one real vLLM engine;
 - ``profile_latency``: decode-step latency against running sequences, written as a ``PerTokenLatency`` profile;
 - ``validate_sim``: the simulator's rollout time against a measured one;
-- ``tasks``: built-in arithmetic word problems and their exact-answer reward.
+- ``tasks``: built-in arithmetic word problems and their exact-answer reward, and the ``--task`` selection;
+- ``gym_tasks``: reasoning-gym datasets by name, with the dataset's own scorer as the reward.
 
 Importing this package imports nothing heavy; each script loads Ray and vLLM when it runs.
 """

@@ -1,7 +1,8 @@
 """Rollout comparison: OpenRLHF's baseline against DARTS shortest-only and DARTS dual-end, on one real vLLM engine.
 
     python -m openrlhf_darts.bench.rollout [--model tiny|smollm2|PATH] [--n 8] [--num-prompts 16] [--max-tokens 128]
-                                           [--prompts FILE.jsonl] [--out runs/bench_rollout] [--seed 0]
+                                           [--task builtin|gsm_symbolic|...] [--prompts FILE.jsonl]
+                                           [--out runs/bench_rollout] [--seed 0]
 
 One process, one local Ray cluster, ONE engine built by OpenRLHF's ``create_vllm_engines`` with
 ``DartsRolloutRayActor`` (prefix caching on). The same prompts and sampling parameters go through three variants, back
@@ -12,6 +13,10 @@ to back, each dispatched the way the samples generators do it (one Ray call per 
   candidates are kept and the rest are aborted as soon as they cannot be among them (DARTS_SPEC.md §3(c));
 - ``dual_end``: ceil(1.25 n) candidates, ``num_long=1``: every candidate runs to the end, n-1 shortest + 1 longest
   kept.
+
+Prompts: ``--task`` (``bench.tasks``): the built-in arithmetic word problems (default) or a reasoning-gym dataset such
+as ``gsm_symbolic``, rendered through the model's chat template, with that task's reward computed in the engine (the
+exact-answer rule, or the dataset's own scorer); or ``--prompts FILE.jsonl``, used verbatim.
 
 A short warm-up generate runs first, and the prefix cache is reset before each variant, so no variant starts warmer.
 
@@ -46,6 +51,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from openrlhf_darts.bench.gym_tasks import REASONING_GYM_VERSION, SYSTEM_PROMPT_NAME
+from openrlhf_darts.bench.tasks import BUILTIN, TASK_FLAG_HELP, check_task, reward_file
 from openrlhf_darts.core.types import GroupOutcome, GroupPlan
 
 VARIANTS = ("baseline", "shortest_only", "dual_end")
@@ -86,7 +93,7 @@ def load_prompts(path: str | os.PathLike) -> tuple[list[str], list[str]]:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{number} is not valid JSON ({e}); expected one object per line") from e
             if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
-                raise ValueError(f"{path}:{number} has no string 'prompt' field; expected {{\"prompt\": \"...\"}}")
+                raise ValueError(f'{path}:{number} has no string \'prompt\' field; expected {{"prompt": "..."}}')
             prompts.append(item["prompt"])
             labels.append(str(item.get("label", item.get("answer", ""))))
     if not prompts:
@@ -94,18 +101,20 @@ def load_prompts(path: str | os.PathLike) -> tuple[list[str], list[str]]:
     return prompts, labels
 
 
+def task_prompts(tokenizer, task: str, num: int, seed: int) -> tuple[list[str], list[str]]:
+    """``num`` problems of ``task`` (``bench.tasks.task_problems``) through the model's chat template, and labels."""
+    from openrlhf_darts.bench.tasks import task_problems
+
+    problems = task_problems(task, num, seed)
+    prompts = [
+        tokenizer.apply_chat_template(p["messages"], tokenize=False, add_generation_prompt=True) for p in problems
+    ]
+    return prompts, [p["label"] for p in problems]
+
+
 def builtin_prompts(tokenizer, num: int, seed: int) -> tuple[list[str], list[str]]:
     """The built-in arithmetic word problems, rendered through the model's chat template with a generation prompt."""
-    from openrlhf_darts.bench.tasks import make_problems
-
-    problems = make_problems(num, seed)
-    prompts = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": p["prompt"]}], tokenize=False, add_generation_prompt=True
-        )
-        for p in problems
-    ]
-    return prompts, [p["answer"] for p in problems]
+    return task_prompts(tokenizer, "builtin", num, seed)
 
 
 def extra_stop_token_ids(tokenizer, count: int) -> list[int]:
@@ -483,7 +492,9 @@ def plot_lengths(report: dict[str, Any], path: str | os.PathLike) -> None:
         ax.set_xlabel("response length (tokens)")
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("candidates")
-    fig.suptitle(f"rollout lengths, model={report['meta'].get('model', '?')}, n={report['meta'].get('n', '?')}")
+    meta = report["meta"]
+    task = f", task={meta['task']}" if "task" in meta else ""
+    fig.suptitle(f"rollout lengths, model={meta.get('model', '?')}{task}, n={meta.get('n', '?')}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -504,6 +515,7 @@ def write_outputs(report: dict[str, Any], out_dir: str | os.PathLike) -> dict[st
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m openrlhf_darts.bench.rollout", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="tiny", help="tiny, smollm2 or a local Hugging Face model folder")
+    parser.add_argument("--task", default="builtin", help=TASK_FLAG_HELP + "; ignored with --prompts")
     parser.add_argument("--prompts", default=None, help="JSONL file with a 'prompt' field per line (used verbatim)")
     parser.add_argument("--n", type=int, default=8, help="samples kept per prompt (n_samples_per_prompt)")
     parser.add_argument("--num-prompts", type=int, default=16, help="prompts in the batch")
@@ -531,6 +543,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--temperature={args.temperature} is not positive; DARTS needs sampled candidates (use 1.0)")
     if args.prompts is not None and not Path(args.prompts).is_file():
         raise ValueError(f"--prompts {args.prompts} is not a file; pass a JSONL file or leave it out")
+    if args.prompts is not None and args.task != BUILTIN:
+        raise ValueError(f"--task={args.task} and --prompts {args.prompts} both choose the prompts; pass one of them")
+    check_task(args.task)
 
 
 def prepare(args: argparse.Namespace):
@@ -545,9 +560,15 @@ def prepare(args: argparse.Namespace):
         prompts, labels = load_prompts(args.prompts)
         prompts, labels = prompts[: args.num_prompts], labels[: args.num_prompts]
         source = f"file {args.prompts} (verbatim)"
-    else:
+    elif args.task == BUILTIN:
         prompts, labels = builtin_prompts(tokenizer, args.num_prompts, args.seed)
         source = "built-in arithmetic word problems (openrlhf_darts.bench.tasks), chat template applied"
+    else:
+        prompts, labels = task_prompts(tokenizer, args.task, args.num_prompts, args.seed)
+        source = (
+            f"reasoning-gym {args.task} (reasoning-gym=={REASONING_GYM_VERSION}, seed {args.seed}, default config, "
+            f"system prompt {SYSTEM_PROMPT_NAME!r}), chat template applied"
+        )
     count = args.extra_stop_tokens
     if count is None:
         count = TINY_EXTRA_STOP_TOKENS if args.model == "tiny" else 0
@@ -561,8 +582,10 @@ def prepare(args: argparse.Namespace):
             f"{config['max_position_embeddings']} positions; lower --max-tokens"
         )
     most = max(candidates_per_prompt(v, args.n) for v in VARIANTS)
-    kv_bytes = kv_bytes_per_token(model_path) * CPU_BLOCK_SIZE * blocks_needed(
-        prompt_lengths, most, args.max_tokens, CPU_BLOCK_SIZE
+    kv_bytes = (
+        kv_bytes_per_token(model_path)
+        * CPU_BLOCK_SIZE
+        * blocks_needed(prompt_lengths, most, args.max_tokens, CPU_BLOCK_SIZE)
     )
     env = {
         "OPENRLHF_DARTS_CPU_KV_CACHE_BYTES": str(max(MIN_KV_CACHE_BYTES, int(1.1 * kv_bytes))),
@@ -571,6 +594,7 @@ def prepare(args: argparse.Namespace):
     meta = {
         "model": args.model,
         "model_path": model_path,
+        "task": "file" if args.prompts else args.task,
         "n": args.n,
         "num_prompts": len(prompts),
         "max_tokens": args.max_tokens,
@@ -611,8 +635,16 @@ def run_from_args(args: argparse.Namespace, repeats: int = 1, before=None) -> li
     model_path, tokenizer, prompts, labels, stop_ids, max_model_len, env, meta = prepare(args)
     import ray
 
-    reward = REWARD_FILE if not args.prompts or any(labels) else None
-    meta["reward"] = "exact answer (openrlhf_darts.bench.tasks.reward_func)" if reward else "none"
+    if args.prompts:
+        reward = REWARD_FILE if any(labels) else None
+        meta["reward"] = "exact answer (openrlhf_darts.bench.tasks.reward_func)" if reward else "none"
+    else:
+        reward = reward_file(args.task)
+        meta["reward"] = (
+            "exact answer (openrlhf_darts.bench.tasks.reward_func)"
+            if args.task == BUILTIN
+            else f"reasoning-gym {args.task} score_answer on the last <answer> tag (openrlhf_darts.bench.gym_tasks)"
+        )
     init_ray(env)
     reports = []
     try:

@@ -15,6 +15,14 @@ Three public pieces:
   decoded prompt + response, ``labels`` the answers; returns ``{"rewards", "scores", "extra_logs"}`` with tensors of
   shape (B,), as upstream's example reward function does. Reward 1.0 for an exact answer, else 0.0.
 
+Task selection, the one API benchmarks and the local mode use to offer ``--task`` (default ``builtin``):
+- ``TASK_FLAG_HELP``, ``check_task(name)``: ``builtin`` (these problems) or a reasoning-gym dataset name
+  (``gsm_symbolic``, ``basic_arithmetic``, ``chain_sum``, ...; ``bench.gym_tasks``); anything else is a ValueError.
+- ``task_problems(task, count, seed)`` -> ``[{"messages": chat messages, "label": str}, ...]``: render the messages
+  through the model's chat template (or write them as the ``prompt`` field of an OpenRLHF prompt file used with
+  ``--data.apply_chat_template``) and pass the label as the sample's label.
+- ``reward_file(task)``: the file for ``--reward.remote_url`` (its ``reward_func`` scores that task's labels).
+
 Standard library only at import (torch is imported inside ``reward_func``, which runs where torch is loaded anyway).
 """
 
@@ -22,8 +30,12 @@ from __future__ import annotations
 
 import random
 import re
+from pathlib import Path
 
-__all__ = ["ANSWER_INSTRUCTION", "extract_answer", "make_problems", "reward_func"]
+__all__ = [
+    "ANSWER_INSTRUCTION", "BUILTIN", "TASK_FLAG_HELP", "check_task", "extract_answer", "make_problems",
+    "response_part", "reward_file", "reward_func", "task_problems",
+]  # fmt: skip
 
 ANSWER_INSTRUCTION = "Think step by step, then give the final answer on the last line as 'Answer: <number>'."
 
@@ -138,7 +150,7 @@ def extract_answer(text: str) -> str | None:
     return _normalize(numbers[-1]) if numbers else None
 
 
-def _response_part(query: str, prompt: str) -> str:
+def response_part(query: str, prompt: str) -> str:
     """The response inside ``query`` (= decoded prompt + response); the prompt's numbers must not count as answers."""
     if query.startswith(prompt):
         return query[len(prompt) :]
@@ -162,7 +174,7 @@ def reward_func(queries: list[str], prompts: list[str], labels: list[str]) -> di
         )
     rewards, answered = [], []
     for query, prompt, label in zip(queries, prompts, labels):
-        answer = extract_answer(_response_part(query, prompt))
+        answer = extract_answer(response_part(query, prompt))
         rewards.append(float(answer is not None and answer == _normalize(str(label).strip())))
         answered.append(float(answer is not None))
     rewards_t = torch.tensor(rewards, dtype=torch.float32)  # (B,)
@@ -171,3 +183,46 @@ def reward_func(queries: list[str], prompts: list[str], labels: list[str]) -> di
         "scores": rewards_t,
         "extra_logs": {"answered": torch.tensor(answered, dtype=torch.float32)},  # (B,)
     }
+
+
+# ---- task selection ----------------------------------------------------------------------------------------------
+BUILTIN = "builtin"
+TASK_FLAG_HELP = (
+    f"{BUILTIN} (the built-in arithmetic word problems, exact-answer reward) or a reasoning-gym dataset name such as "
+    "gsm_symbolic, basic_arithmetic, chain_sum (its own scorer as the reward)"
+)
+
+
+def check_task(task: str) -> str:
+    """``task`` if it names a task (``builtin`` or a registered reasoning-gym dataset); ValueError otherwise."""
+    if task == BUILTIN:
+        return task
+    from openrlhf_darts.bench import gym_tasks
+
+    names = gym_tasks.dataset_names()
+    if task not in names:
+        raise ValueError(f"--task={task!r} is not a task; pass {BUILTIN} or a reasoning-gym dataset name: {names}")
+    return task
+
+
+def task_problems(task: str, count: int, seed: int) -> list[dict]:
+    """``count`` problems of ``task``, deterministic in ``seed``: ``[{"messages", "label"}, ...]`` (module doc).
+
+    ``builtin`` is ``make_problems(count, seed)`` (the default difficulty) as one user message, labelled by its answer.
+    """
+    check_task(task)
+    if task == BUILTIN:
+        return [
+            {"messages": [{"role": "user", "content": p["prompt"]}], "label": p["answer"]}
+            for p in make_problems(count, seed)
+        ]
+    from openrlhf_darts.bench import gym_tasks
+
+    return [{"messages": p["messages"], "label": p["label"]} for p in gym_tasks.make_problems(task, count, seed)]
+
+
+def reward_file(task: str) -> str:
+    """Absolute path of the ``reward_func`` file that scores ``task``'s labels (for ``--reward.remote_url``)."""
+    check_task(task)
+    name = "tasks.py" if task == BUILTIN else "gym_tasks.py"
+    return str(Path(__file__).resolve().parent / name)

@@ -7,7 +7,6 @@ parser with our group added, upstream's `hierarchize`, `DartsConfig.from_args`.
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import re
@@ -411,25 +410,3 @@ def test_shellcheck():
         text=True,
     )
     assert result.returncode == 0, result.stdout
-
-
-# ---- the reward function the scripts load --------------------------------------------------------------------------
-
-
-def test_math_reward_function():
-    spec = importlib.util.spec_from_file_location("reward_math", SCRIPTS / "reward_math.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    prompt = "Solve 1+1. The last line of your response should be of the form Answer: $Answer"
-
-    def score(response: str, label: str) -> float:
-        return module.reward_func([prompt + response], [prompt], [label])["rewards"]
-
-    # The prompt's own "Answer: $Answer" is not the response's answer: the prompt is cut off first.
-    assert score(" 1+1 is two.\nAnswer: 2", "2") == 1.0
-    assert score(" so \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}") == 1.0
-    assert score(" Answer: 2.0", "2") == 1.0  # numeric equality
-    assert score(" Answer: 3", "2") == -1.0
-    assert score(" no final answer here", "2") == -1.0
-    with pytest.raises(ValueError, match="exactly one per call"):
-        module.reward_func(["a", "b"], ["", ""], ["1", "1"])

@@ -36,6 +36,8 @@ RECORDED_SOURCE_HASHES = {
     "openrlhf.trainer.ppo_trainer.PPOTrainer.fit": "e73798a6309d024d",
     "openrlhf.trainer.ppo_trainer.BasePPOTrainer.save_logs_and_checkpoints": "0ea42915023820ea",
     "openrlhf.cli.train_ppo_ray.train": "b0047c66d0497de6",
+    "openrlhf.utils.agent.SingleTurnAgentExecutor.__init__": "7053d9b0bb0384e9",
+    "openrlhf.utils.agent.SingleTurnAgentExecutor._fetch_rewards_via_func": "d95c3341afe015a5",
 }
 
 # Keys of one response dict from SingleTurnAgentExecutor.execute (openrlhf/utils/agent.py, 0.11.2), which
