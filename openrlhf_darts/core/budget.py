@@ -6,9 +6,9 @@ U(M̄) = E(M̄) - λ·T(M̄) by replaying recorded candidate lengths through the
 - E(M̄): relative reduction of the kept set's mean length against M̄ = M (no redundancy, every candidate kept);
 - T(M̄): the step's rollout time (the slowest engine's) divided by its value at M̄ = M.
 
-Both are means over bootstrap draws (``draw_replay``). The draws are shared by every grid point (common random numbers):
-a prompt with m candidates uses the first m of its drawn candidates, so differences between grid points are not
-sampling noise. At every grid point the replay builds the batch's plans with ``allocation.build_plans`` from the
+Both are means over bootstrap draws (``draw_replay``). The draws are shared by every grid point (common random
+numbers): a prompt with m candidates uses the first m of its drawn candidates, so differences between grid points are
+not sampling noise. At every grid point the replay builds the batch's plans with ``allocation.build_plans`` from the
 batch's own weights, exactly as the planner does, so the replayed plan is the one that will run, tail pruning included
 (``replay_budget``).
 """

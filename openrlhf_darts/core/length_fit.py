@@ -1,8 +1,8 @@
 """Censoring-aware fit of one group's response lengths (DARTS_SPEC.md §3(d) 2, §3(e)).
 
-An aborted candidate reports its partial length and a truncated one the cap; both are right-censored: the true length is
-larger. ``fit_lengths`` fits a log-normal to the group with censored lengths treated as lower bounds (a Tobit model on
-y = log(1 + length), so zero lengths are fine), by maximum likelihood:
+An aborted candidate reports its partial length and a truncated one the cap; both are right-censored: the true length
+is larger. ``fit_lengths`` fits a log-normal to the group with censored lengths treated as lower bounds (a Tobit model
+on y = log(1 + length), so zero lengths are fine), by maximum likelihood:
 
     log L(mu, s) = sum_finished [log phi((y_j - mu) / s) - log s] + sum_censored log Q((y_j - mu) / s)
 

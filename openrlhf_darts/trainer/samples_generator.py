@@ -47,7 +47,7 @@ class DartsSamplesGenerator(upstream.SamplesGenerator):
             result = super().generate_samples(**generate_kwargs)
         finally:
             self._training_rollout = False
-        # The generation cap the censored length fit clips at (upstream: max_new_tokens, or max_len - prompt when None).
+        # The generation cap the censored length fit clips at (max_new_tokens; when None upstream uses max_len - prompt)
         self._collect_outcomes(generate_kwargs.get("max_new_tokens") or generate_kwargs.get("max_len", 2048))
         return result
 

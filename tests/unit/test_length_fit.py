@@ -174,7 +174,7 @@ def test_clipped_moments_match_numerical_integration(lengths, censored, cap):
     assert fit.std == pytest.approx(std, rel=1e-5, abs=1e-5)
 
 
-# ---- imputation of aborted lengths (the cost-model history, §3(e)) ---------------------------------------------------
+# ---- imputation of aborted lengths (the cost-model history, §3(e)) --------------------------------------------------
 
 
 @given(groups, st.floats(0.01, 0.99))

@@ -1,5 +1,6 @@
-"""`GroupPlanner` (trainer/planner.py) on synthetic outcomes: the cost-model replay plans what plan() returns, the budget
-history holds truncation and imputed aborted lengths, ties go by prompt key, and checkpoints round-trip or are refused.
+"""`GroupPlanner` (trainer/planner.py) on synthetic outcomes: the cost-model replay plans what plan() returns, the
+budget history holds truncation and imputed aborted lengths, ties go by prompt key, and checkpoints round-trip or are
+refused.
 
 The planner is standard library only (config + core), so these run in the unit tier; the engine-backed checks are in
 tests/contract/test_allocation_engine.py.
