@@ -38,15 +38,36 @@ def normalize_weights(stds: Sequence[float], mode: str = "reference") -> list[fl
     return weights
 
 
-def allocate_candidates(weights: Sequence[float], budget: int, min_candidates: int, max_candidates: int) -> list[int]:
+def allocate_candidates(
+    weights: Sequence[float],
+    budget: int,
+    min_candidates: int,
+    max_candidates: int,
+    tie_keys: Sequence[str] | None = None,
+) -> list[int]:
     """Integers M'_i minimizing sum_i w_i / M'_i with sum_i M'_i = budget and min <= M'_i <= max (§3(d) 4).
 
-    Greedy on the marginal gain w_i / (m (m + 1)); each term is convex and decreasing, so greedy is exactly optimal.
-    Ties go to the smallest index. O(B log N) with a heap, where B = budget - N * min_candidates.
+    Greedy on the marginal gain w_i / (m (m + 1)); each term is convex and decreasing, so greedy is exactly optimal
+    whatever order equal gains are taken in. Equal gains go first to the prompt with fewer candidates, so equal
+    weights, zero included, give counts that differ by at most 1; then by ``tie_keys`` (one str per prompt, e.g. a
+    hash of the prompt text: the remainder then does not follow batch position), then by index. O(B log N) with a
+    heap, where B = budget - N * min_candidates.
     """
     values = [check_real(f"weights[{i}]", w, minimum=0.0) for i, w in enumerate(check_sequence("weights", weights))]
     if not values:
         raise ValueError("weights=[] is empty; expected one weight per prompt")
+    if tie_keys is None:
+        ties: Sequence[str | int] = range(len(values))
+    else:
+        check_sequence("tie_keys", tie_keys)
+        if len(tie_keys) != len(values):
+            raise ValueError(
+                f"tie_keys has {len(tie_keys)} entries but weights has {len(values)}; expected one key per prompt"
+            )
+        for i, key in enumerate(tie_keys):
+            if not isinstance(key, str):
+                raise TypeError(f"tie_keys[{i}]={key!r} has type {type(key).__name__}; expected a str")
+        ties = tie_keys
     check_int("budget", budget)
     check_int("min_candidates", min_candidates, minimum=1)
     check_int("max_candidates", max_candidates)
@@ -66,15 +87,15 @@ def allocate_candidates(weights: Sequence[float], budget: int, min_candidates: i
     counts = [min_candidates] * num_prompts
     if min_candidates == max_candidates:
         return counts
-    # heapq is a min-heap: store the negated gain; equal gains then pop the smallest index first.
-    heap = [(-w / (min_candidates * (min_candidates + 1)), i) for i, w in enumerate(values)]
+    # heapq is a min-heap: store the negated gain; equal gains then pop the fewest candidates, then the smallest key.
+    heap = [(-w / (min_candidates * (min_candidates + 1)), min_candidates, ties[i], i) for i, w in enumerate(values)]
     heapq.heapify(heap)
     for _ in range(budget - low):
-        _, i = heapq.heappop(heap)
+        _, _, tie, i = heapq.heappop(heap)
         counts[i] += 1
         m = counts[i]
         if m < max_candidates:
-            heapq.heappush(heap, (-values[i] / (m * (m + 1)), i))
+            heapq.heappush(heap, (-values[i] / (m * (m + 1)), m, tie, i))
     return counts
 
 
@@ -123,8 +144,12 @@ def build_plans(
     min_candidates: int,
     max_candidates: int,
     tail_prune: str = "paper",
+    tie_keys: Sequence[str] | None = None,
 ) -> list[GroupPlan]:
-    """One ``GroupPlan`` per prompt: ``allocate_candidates`` for M'_i, then ``num_long_for`` for L_i (§3(d), (f))."""
+    """One ``GroupPlan`` per prompt: ``allocate_candidates`` for M'_i, then ``num_long_for`` for L_i (§3(d), (f)).
+
+    The planner and the cost-model budget's replay both build their plans here, so the replay sees the plan that runs.
+    """
     check_int("num_keep", num_keep, minimum=1)
     check_int("min_candidates", min_candidates)
     check_choice("tail_prune", tail_prune, TAIL_PRUNE_SCHEDULES)
@@ -133,7 +158,7 @@ def build_plans(
             f"min_candidates={min_candidates} is below num_keep={num_keep}; every prompt needs at least num_keep "
             "candidates (the paper uses min_candidates = num_keep)"
         )
-    counts = allocate_candidates(weights, budget, min_candidates, max_candidates)
+    counts = allocate_candidates(weights, budget, min_candidates, max_candidates, tie_keys)
     return [
         GroupPlan(m, num_keep, num_long_for(m, max_candidates, num_long, tail_prune, num_keep=num_keep))
         for m in counts

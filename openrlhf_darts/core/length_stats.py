@@ -1,17 +1,23 @@
 """Per-prompt smoothed spread of response lengths (DARTS_SPEC.md §3(d) 1-2).
 
-For each prompt (keyed by its text) keep v_i, an exponential moving average of the sample std of its candidates'
-lengths. Censored lengths (aborted partials, truncated caps) are lower bounds on the true lengths, so a group with any
-censored candidate may raise v_i but never lower it. The table is saved and restored with checkpoints.
+For each prompt (keyed by its text) keep v_i, an exponential moving average of s_i, the std of its candidates' lengths.
+Censored lengths (aborted partials, truncated caps) are lower bounds on the true lengths, so s_i is the std of a
+censoring-aware fit of the group (``core.length_fit.fit_lengths``: a right-censored log-normal), used for every group,
+censored or not, so that shortest-only and dual-end prompts share one scale and a falling spread is seen. The table is
+saved and restored with checkpoints; its state carries ``STATE_VERSION``.
 """
 
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from openrlhf_darts.core._checks import check_flags, check_int, check_lengths, check_real, check_sequence
+from openrlhf_darts.core._checks import check_int, check_real
+from openrlhf_darts.core.length_fit import fit_lengths
 
-_STATE_KEYS = ("alpha", "values", "counts")
+# Version 1 (no "version" key) held EMAs of the raw sample std under the "censored groups never lower v_i" rule, biased
+# low for pruned prompts; version 2 holds EMAs of the censored log-normal fit's std. The two scales never mix.
+STATE_VERSION = 2
+_STATE_KEYS = ("version", "alpha", "values", "counts")
 
 
 class LengthStats:
@@ -27,30 +33,25 @@ class LengthStats:
         self._values: dict[str, float] = {}  # prompt key -> v_i, in tokens
         self._counts: dict[str, int] = {}  # prompt key -> observations that entered v_i
 
-    def update(self, key: str, lengths: Sequence[int], censored: Sequence[bool] = ()) -> bool:
+    def update(self, key: str, lengths: Sequence[int], censored: Sequence[bool] = (), cap: int | None = None) -> bool:
         """Fold one group's lengths into v_key; returns whether v_key changed.
 
-        ``censored`` is empty (nothing censored) or one bool per length. A group of fewer than two lengths has no
-        sample std and is ignored. A censored group whose std s is below v_key is skipped: s is then only a lower
-        bound of the true std (§3(d) 2), and letting it lower v_key would make pruned prompts look calm.
+        ``censored`` is empty (nothing censored) or one bool per length; ``cap`` is the generation cap of the group
+        (see ``fit_lengths``). s is ``fit_lengths(lengths, censored, cap).std``, so a censored group lowers v_key as
+        readily as it raises it (§3(d) 2). A group of fewer than two lengths has no spread and is skipped, and so is a
+        group whose every length is censored when no cap is given (nothing bounds it from above).
         """
         if not isinstance(key, str):
             raise TypeError(f"key={key!r} has type {type(key).__name__}; expected the prompt text as a str")
-        lengths = check_lengths("lengths", lengths)
-        check_sequence("censored", censored)
-        if len(censored) > 0:
-            check_flags("censored", censored, len(lengths), "lengths")
-        if len(lengths) < 2:
+        fit = fit_lengths(lengths, censored, cap)  # checks the arguments
+        if len(lengths) < 2 or fit is None:
             return False
-        std = statistics.stdev(lengths)  # denominator n - 1; exact for ints, then rounded once to float
         old = self._values.get(key)
         if old is None:
-            self._values[key] = std
+            self._values[key] = fit.std
             self._counts[key] = 1
             return True
-        if any(censored) and std < old:
-            return False
-        new = self.alpha * std + (1.0 - self.alpha) * old
+        new = self.alpha * fit.std + (1.0 - self.alpha) * old
         self._values[key] = new
         self._counts[key] += 1
         return new != old
@@ -76,7 +77,12 @@ class LengthStats:
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-serializable state; ``load_state_dict`` restores it exactly (JSON keeps Python floats exactly)."""
-        return {"alpha": self.alpha, "values": dict(self._values), "counts": dict(self._counts)}
+        return {
+            "version": STATE_VERSION,
+            "alpha": self.alpha,
+            "values": dict(self._values),
+            "counts": dict(self._counts),
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Replace the table with ``state``; the saved alpha must equal this one, since a flag is never rewritten."""
@@ -100,6 +106,15 @@ class LengthStats:
 def _check_state(state: Any) -> tuple[dict[str, float], dict[str, int]]:
     if not isinstance(state, Mapping):
         raise TypeError(f"state has type {type(state).__name__}; expected a dict from LengthStats.state_dict()")
+    if state.get("version") != STATE_VERSION:
+        written = "before versions were recorded (version 1)" if "version" not in state else f"as {state['version']!r}"
+        raise ValueError(
+            f"LengthStats state was written {written}, but this build reads version {STATE_VERSION}: version 1 "
+            "smoothed the raw std of censored groups, biased low for pruned prompts, and its v_i cannot be mixed with "
+            "the censored log-normal fit of version 2 (docs/design.md). Resume from a checkpoint written by this "
+            "version, or drop the 'darts_planner' entry from the checkpoint's client_states to start the length "
+            "statistics afresh"
+        )
     missing = [key for key in _STATE_KEYS if key not in state]
     extra = [key for key in state if key not in _STATE_KEYS]
     if missing or extra:

@@ -6,8 +6,8 @@ A step of N prompts runs on E engines:
    - ``baseline``: upstream, n candidates, all kept;
    - ``dual_end``: uniform redundancy, ceil(1.25 n) candidates, L = 1 (every candidate runs to its end);
    - ``shortest_only``: uniform redundancy, ceil(1.5 n) candidates, L = 0 (early abort);
-   - ``adaptive``: ``core.allocation`` with LengthStats-style weights: v_i is the std of a previous rollout of the
-     prompt (ceil(1.25 n) fresh draws, as one uniform dual-end epoch would record), weights by the reference
+   - ``adaptive``: ``core.allocation`` with LengthStats weights: v_i is the censored fit's std of a previous rollout of
+     the prompt (ceil(1.25 n) fresh draws, as one uniform dual-end epoch would record), weights by the reference
      normalisation, budget round(1.25 n N) within [n, 2n], the paper's tail pruning (M'_i = 2n -> L_i = 0, else 1).
 2. **Assignment** (``assign_engines``): the samples generator's least-loaded rule: a heap of (load, engine) starting at
    zero, each prompt in order to the least-loaded engine (ties: lowest index), whose load grows by M'_i.
@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from openrlhf_darts.core.allocation import build_plans, normalize_weights
 from openrlhf_darts.core.budget import fixed_budget
 from openrlhf_darts.core.cost_model import effective_lengths, rollout_time
+from openrlhf_darts.core.length_fit import group_cap
 from openrlhf_darts.core.length_stats import LengthStats
 from openrlhf_darts.core.selection import select_dual_end
 from openrlhf_darts.core.types import GroupPlan
@@ -74,7 +75,9 @@ def plan_batch(
     stats = LengthStats(alpha=0.3)
     keys = [str(i) for i in range(len(history))]
     for key, group in zip(keys, history):
-        stats.update(key, [length for length, _ in group])
+        # As the planner observes a dual-end group: truncated candidates are censored at their cap.
+        lengths, truncated = [length for length, _ in group], [cut for _, cut in group]
+        stats.update(key, lengths, truncated, cap=group_cap(lengths, truncated))
     weights = normalize_weights(stats.weights(keys), "reference")
     budget = fixed_budget(len(keys), UNIFORM_DUAL_END * n, n, 2 * n)
     return build_plans(weights, budget, n, 1, n, 2 * n, tail_prune="paper")

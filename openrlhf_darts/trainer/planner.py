@@ -13,11 +13,16 @@ from collections import deque
 from collections.abc import Sequence
 
 from openrlhf_darts.config import DartsConfig
-from openrlhf_darts.core.allocation import allocate_candidates, normalize_weights, num_long_for
-from openrlhf_darts.core.budget import fixed_budget, utility_budget
+from openrlhf_darts.core.allocation import build_plans, normalize_weights
+from openrlhf_darts.core.budget import BudgetChoice, fixed_budget, utility_budget
 from openrlhf_darts.core.cost_model import PerTokenLatency
+from openrlhf_darts.core.length_fit import fit_lengths, group_cap, impute_aborted
 from openrlhf_darts.core.length_stats import LengthStats
 from openrlhf_darts.core.types import GroupOutcome, GroupPlan
+
+# Version 1 (no "version" key) recorded (length, censored) per candidate in its history, aborted partial lengths mixed
+# with finished ones, and LengthStats on the old scale; version 2 records (length, truncated), aborted ones imputed.
+STATE_VERSION = 2
 
 
 def prompt_key(prompt: str) -> str:
@@ -33,46 +38,55 @@ class GroupPlanner:
         self.num_engines = num_engines
         self.stats = LengthStats(alpha=config.ema_alpha)
         self.latency = PerTokenLatency.load(config.latency_profile) if config.budget == "cost_model" else None
-        # Recent steps' per-prompt candidate observations [(length, censored), ...] for the cost-model replay.
+        # Recent steps' groups for the cost-model replay: per group, every candidate's (length, truncated) as if it had
+        # run to its end (aborted candidates imputed from the group's censored fit, spec 3(e)).
         self.history: deque[list[list[tuple[int, bool]]]] = deque(maxlen=config.budget_window)
         self.last_budget = 0
         self.last_budget_mode = config.budget
+        self.last_budget_choice: BudgetChoice | None = None  # the cost model's choice in the last plan(), if it chose
         self.last_seconds = 0.0
 
     # ---- planning ---------------------------------------------------------------------------------------------
     def plan(self, prompts: Sequence[str]) -> list[GroupPlan]:
-        """One plan per prompt, in order. A batch of one (a dynamic-filtering replacement) gets the average budget."""
+        """One plan per prompt, in order. A batch of one (a dynamic-filtering replacement) gets the average budget.
+
+        Equal weights (the first step, unseen prompts) tie; their remainder goes by prompt key, not batch position.
+        """
         start = time.perf_counter()
-        config, n = self.config, self.config.n_samples_per_prompt
-        budget = self._budget(len(prompts))
+        config = self.config
+        keys = [prompt_key(p) for p in prompts]
         if config.allocation_active:
-            stds = self.stats.weights([prompt_key(p) for p in prompts])
-            weights = normalize_weights(stds, config.weight_norm)
-            counts = allocate_candidates(weights, budget, config.min_candidates, config.max_candidates)
+            weights = normalize_weights(self.stats.weights(keys), config.weight_norm)
+            schedule = config.tail_prune
         else:
-            counts = [config.min_candidates] * len(prompts)
-        # Tail pruning singles out prompts the allocation saturated; with M_low == M_up nothing was allocated, and
-        # every prompt sitting "at the cap" must not turn the whole batch shortest-only.
-        schedule = config.tail_prune if config.allocation_active else "off"
-        plans = [
-            GroupPlan(
-                num_candidates=m,
-                num_keep=n,
-                num_long=num_long_for(m, config.max_candidates, config.num_long, schedule, num_keep=n),
-            )
-            for m in counts
-        ]
-        self.last_budget = sum(counts)
+            # With M_low == M_up nothing is allocated, and every prompt sitting "at the cap" must not turn the whole
+            # batch shortest-only.
+            weights, schedule = [1.0] * len(prompts), "off"
+        budget = self._budget(weights, keys, schedule)
+        plans = build_plans(
+            weights,
+            budget,
+            config.n_samples_per_prompt,
+            config.num_long,
+            config.min_candidates,
+            config.max_candidates,
+            schedule,
+            tie_keys=keys,
+        )
+        self.last_budget = budget
         self.last_seconds = time.perf_counter() - start
         return plans
 
-    def _budget(self, num_prompts: int) -> int:
+    def _budget(self, weights: list[float], keys: list[str], schedule: str) -> int:
         config = self.config
+        self.last_budget_choice = None
         if config.budget == "cost_model" and self.history:
             history = [group for step in self.history for group in step]
+            # The replay allocates with this batch's weights and keys and the same schedule, so the plan it scores at
+            # each budget is the plan build_plans returns in plan().
             choice = utility_budget(
                 history,
-                num_prompts=num_prompts,
+                num_prompts=len(weights),
                 num_keep=config.n_samples_per_prompt,
                 num_long=config.num_long,
                 min_candidates=config.min_candidates,
@@ -80,34 +94,58 @@ class GroupPlanner:
                 cost_weight=config.cost_weight,
                 per_token_latency=self.latency,
                 num_engines=self.num_engines,
-                tail_prune=config.tail_prune,
+                tail_prune=schedule,
+                weights=weights,
+                tie_keys=keys,
             )
             self.last_budget_mode = "cost_model"
+            self.last_budget_choice = choice
             return choice.budget
         # Fixed mode, and the first cost-model step (nothing recorded yet to replay).
         self.last_budget_mode = "fixed"
-        return fixed_budget(num_prompts, config.avg_candidates, config.min_candidates, config.max_candidates)
+        return fixed_budget(len(weights), config.avg_candidates, config.min_candidates, config.max_candidates)
 
     # ---- observing ----------------------------------------------------------------------------------------------
-    def observe(self, prompts: Sequence[str], outcomes: Sequence[GroupOutcome]) -> None:
-        """Update the per-prompt spread from one step's outcomes (spec 3(d)2: all candidates, censored flagged)."""
+    def observe(self, prompts: Sequence[str], outcomes: Sequence[GroupOutcome], max_tokens: int | None = None) -> None:
+        """Update the per-prompt spread from one step's outcomes (spec 3(d)2: all candidates, censored flagged).
+
+        ``max_tokens`` is the step's generation cap (upstream's max_new_tokens, or max_len when that is dynamic): the
+        censored fit clips there unless a group's truncated candidates show its own cap (``length_fit.group_cap``).
+        """
         step = []
         for prompt, outcome in zip(prompts, outcomes, strict=True):
+            cap = group_cap(outcome.lengths, outcome.truncated, max_tokens)
             if self.config.stats_source == "kept":
-                lengths, censored = list(outcome.kept_lengths), []
+                self.stats.update(prompt_key(prompt), list(outcome.kept_lengths), [], cap)
             else:
-                lengths, censored = list(outcome.lengths), list(outcome.censored)
-            self.stats.update(prompt_key(prompt), lengths, censored)
-            step.append(list(zip(outcome.lengths, outcome.censored)))
+                self.stats.update(prompt_key(prompt), list(outcome.lengths), list(outcome.censored), cap)
+            fit = fit_lengths(outcome.lengths, outcome.censored, cap) if any(outcome.aborted) else None
+            step.append(impute_aborted(outcome.lengths, outcome.truncated, outcome.aborted, fit))
         if step:
             self.history.append(step)
 
     # ---- checkpoint ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"stats": self.stats.state_dict(), "history": [list(map(list, s)) for s in self.history]}
+        return {
+            "version": STATE_VERSION,
+            "stats": self.stats.state_dict(),
+            "history": [[[[length, cut] for length, cut in group] for group in step] for step in self.history],
+        }
 
     def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict):
+            raise TypeError(f"planner state has type {type(state).__name__}; expected a dict from state_dict()")
+        if state.get("version") != STATE_VERSION:
+            written = (
+                "before versions were recorded (version 1)" if "version" not in state else f"as {state['version']!r}"
+            )
+            raise ValueError(
+                f"DARTS planner state was written {written}, but this build reads version {STATE_VERSION}: version 1 "
+                "recorded aborted partial lengths as finished in its budget history and smoothed length spreads on a "
+                "biased scale (docs/design.md). Resume from a checkpoint written by this version, or drop the "
+                "'darts_planner' entry from the checkpoint's client_states to start the statistics afresh"
+            )
         self.stats.load_state_dict(state["stats"])
         self.history.clear()
         for step in state["history"]:
-            self.history.append([[(int(length), bool(c)) for length, c in group] for group in step])
+            self.history.append([[(int(length), bool(cut)) for length, cut in group] for group in step])

@@ -198,6 +198,19 @@ def test_resuming_a_checkpoint_without_darts_state_warns(
     assert len(trainer.samples_generator.planner.stats) == 0
 
 
+def test_resuming_a_checkpoint_on_the_old_length_scale_is_refused(
+    trainer_classes, checkpoint_owner, darts_engine, tokenizer, tmp_path
+):
+    # Planner state written before issue 11: no version, v_i on the raw-std scale, history flags meaning "censored".
+    group, ckpt_path = checkpoint_owner
+    args = _args(ckpt_path, str(tmp_path / "tb"))
+    trainer = _bare_trainer(trainer_classes, args, _generator(args, [darts_engine], tokenizer), group)
+    old = {"stats": {"alpha": 0.3, "values": {"k": 12.5}, "counts": {"k": 2}}, "history": [[[[40, True], [7, False]]]]}
+    with pytest.raises(ValueError, match=r"written before versions were recorded \(version 1\)"):
+        trainer.restore_best_checkpoint_state({"global_step": 3, "darts_planner": old})
+    assert len(trainer.samples_generator.planner.stats) == 0  # nothing of the old scale got in
+
+
 def test_darts_off_adds_nothing(trainer_classes, checkpoint_owner, tmp_path):
     from openrlhf_darts import upstream
 

@@ -48,10 +48,56 @@ def test_hand_example_respects_upper_bound():
     assert allocate_candidates([4.0, 1.0], budget=4, min_candidates=1, max_candidates=2) == [2, 2]
 
 
-def test_ties_go_to_the_smallest_index():
-    # Equal weights: each round all gains tie among the least-served prompts, so units go to index 0, 1, 2, 0, ...
+def test_ties_go_to_the_fewest_candidates_then_the_key():
+    # Equal weights: each round all gains tie among the least-served prompts, so without keys units go to index 0, 1,
+    # 2, 0, ...; with keys to the smallest key first.
     assert allocate_candidates([1.0, 1.0, 1.0], budget=4, min_candidates=1, max_candidates=3) == [2, 1, 1]
+    assert allocate_candidates([1.0, 1.0, 1.0], 4, 1, 3, tie_keys=["c", "a", "b"]) == [1, 2, 1]
+    # Zero weights give zero gain at every count, so before issue 11 the first prompt took units up to the cap:
+    # N = 16 at [8, 16] with budget 160 gave [16, 16, 16, 16, 8, ...]. Fewest-candidates-first balances them.
+    assert allocate_candidates([0.0] * 16, 160, 8, 16) == [10] * 16
     assert allocate_candidates([0.0, 0.0], budget=3, min_candidates=1, max_candidates=2) == [2, 1]
+    assert allocate_candidates([0.0, 0.0], 3, 1, 2, tie_keys=["z", "y"]) == [1, 2]
+
+
+def keyed_equal_case(raw: bytes, value: float, low: int, span: int, budget_fraction: float):
+    """Equal weights (all ``value``), distinct keys from bytes, a feasible budget."""
+    num_prompts = max(1, len(raw) // 2)
+    keys = [f"{raw[2 * i: 2 * i + 2].hex()}-{i}" for i in range(num_prompts)]
+    high = low + span
+    budget = num_prompts * low + round(budget_fraction * num_prompts * span)
+    return [value] * num_prompts, keys, budget, low, high
+
+
+@given(
+    st.binary(min_size=2, max_size=64),
+    st.sampled_from([0.0, 1.0, 0.37, 1e6]),
+    st.integers(1, 8),
+    st.integers(0, 8),
+    st.floats(0.0, 1.0),
+    st.randoms(use_true_random=False),
+)
+def test_equal_weights_differ_by_at_most_one_and_ignore_batch_position(raw, value, low, span, fraction, rnd):
+    weights, keys, budget, low, high = keyed_equal_case(raw, value, low, span, fraction)
+    counts = allocate_candidates(weights, budget, low, high, tie_keys=keys)
+    assert sum(counts) == budget and max(counts) - min(counts) <= 1
+    # Position-free: shuffling the batch (each prompt with its key) permutes the allocation with it.
+    order = list(range(len(keys)))
+    rnd.shuffle(order)
+    shuffled = allocate_candidates([weights[i] for i in order], budget, low, high, tie_keys=[keys[i] for i in order])
+    assert shuffled == [counts[i] for i in order]
+
+
+@given(allocation_cases(max_prompts=32, max_low=16, max_span=16), st.randoms(use_true_random=False))
+def test_keyed_allocation_is_permutation_equivariant(case, rnd):
+    weights, budget, low, high = case
+    keys = [f"k{i:03d}" for i in range(len(weights))]
+    rnd.shuffle(keys)
+    counts = allocate_candidates(weights, budget, low, high, tie_keys=keys)
+    order = list(range(len(weights)))
+    rnd.shuffle(order)
+    shuffled = allocate_candidates([weights[i] for i in order], budget, low, high, tie_keys=[keys[i] for i in order])
+    assert shuffled == [counts[i] for i in order]
 
 
 @given(allocation_cases(max_prompts=32, max_low=16, max_span=16))
@@ -63,10 +109,13 @@ def test_allocation_sums_to_budget_within_bounds(case):
     assert all(low <= m <= high for m in counts)
 
 
-@given(allocation_cases(max_prompts=4, max_low=3, max_span=4))
-def test_greedy_matches_brute_force_on_small_inputs(case):
+@given(allocation_cases(max_prompts=4, max_low=3, max_span=4), st.permutations(["a", "b", "c", "d"]))
+def test_greedy_matches_brute_force_on_small_inputs(case, keys):
     weights, budget, low, high = case
-    greedy = objective(weights, allocate_candidates(weights, budget, low, high))
+    # Any order of equal gains is optimal: with and without tie keys (which reorder ties) the greedy meets brute force.
+    keyed = allocate_candidates(weights, budget, low, high, tie_keys=keys[: len(weights)])
+    assert sum(keyed) == budget
+    greedy = max(objective(weights, allocate_candidates(weights, budget, low, high)), objective(weights, keyed))
     best = min(
         objective(weights, counts)
         for counts in itertools.product(range(low, high + 1), repeat=len(weights))
@@ -147,6 +196,9 @@ def test_larger_weight_never_gets_fewer_candidates(case):
         (([1.0], 1, 0, 2), ValueError, "min_candidates=0 is below 1"),
         (([1.0], 3, 4, 2), ValueError, "min_candidates=4 exceeds max_candidates=2"),
         (([1.0], 3.0, 1, 4), TypeError, "budget=3.0"),
+        (([1.0, 1.0], 3, 1, 2, ["a"]), ValueError, "tie_keys has 1 entries but weights has 2"),
+        (([1.0, 1.0], 3, 1, 2, ["a", 7]), TypeError, "tie_keys[1]=7 has type int"),
+        (([1.0], 1, 1, 2, "a"), TypeError, "tie_keys='a' has type str"),
     ],
 )
 def test_allocate_rejects_bad_input(args, error, message):
@@ -249,8 +301,9 @@ def test_hand_example_build_plans():
 def test_build_plans_agrees_with_its_parts(case, schedule):
     weights, budget, low, high = case
     num_keep = 1 + low // 2  # num_keep <= min_candidates
-    plans = build_plans(weights, budget, num_keep, num_keep - 1, low, high, tail_prune=schedule)
-    counts = allocate_candidates(weights, budget, low, high)
+    keys = [f"{i * 7919 % 101:03d}-{i}" for i in range(len(weights))]
+    plans = build_plans(weights, budget, num_keep, num_keep - 1, low, high, tail_prune=schedule, tie_keys=keys)
+    counts = allocate_candidates(weights, budget, low, high, tie_keys=keys)
     assert [p.num_candidates for p in plans] == counts
     assert [p.num_long for p in plans] == [num_long_for(m, high, num_keep - 1, schedule, num_keep) for m in counts]
     assert all(p.num_keep == num_keep for p in plans)

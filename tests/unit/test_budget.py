@@ -4,7 +4,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from openrlhf_darts.core.budget import BudgetChoice, fixed_budget, utility_budget
+from openrlhf_darts.core.allocation import build_plans, normalize_weights
+from openrlhf_darts.core.budget import BudgetChoice, draw_replay, fixed_budget, replay_budget, utility_budget
+from openrlhf_darts.core.cost_model import rollout_time
+from openrlhf_darts.core.types import GroupPlan
 
 pytestmark = pytest.mark.unit
 
@@ -63,7 +66,8 @@ def test_hand_example_utility_budget_one_engine():
 
 
 def test_hand_example_utility_budget_takes_the_slowest_engine():
-    # Same data, 2 engines, prompts round robin (prompt 0 -> engine 0, prompt 1 -> engine 1), bounds [2, 3].
+    # Same data, 2 engines, each prompt to the least-loaded engine (prompt 0 -> engine 0, prompt 1 -> engine 1),
+    # bounds [2, 3].
     # Baseline: each engine runs 2 sequences of 3 tokens: 3 * PTL(2) = 9; the step takes max(9, 9) = 9.
     # B = 4: same, ratio 1. B = 5: allocation [3, 2] (tie -> smallest index), engine 0 runs 3 sequences:
     # 3 * PTL(3) = 12, the step takes max(12, 9) = 12, ratio 12 / 9 = 4/3. B = 6: [3, 3], both 12, ratio 4/3.
@@ -176,7 +180,110 @@ def test_utility_budget_rejects_bad_input(changes, error, message):
 
 
 def test_budget_choice_is_validated():
+    plans = (GroupPlan(2, 2, 0), GroupPlan(2, 2, 0))
     with pytest.raises(ValueError, match="grid=()"):
-        BudgetChoice(4, 2.0, -1.0, 0.0, 1.0, grid=())
+        BudgetChoice(4, 2.0, -1.0, 0.0, 1.0, grid=(), plans=plans, rollout_time_s=1.0)
     with pytest.raises(ValueError, match="utility=nan is not finite"):
-        BudgetChoice(4, 2.0, float("nan"), 0.0, 1.0, grid=((2.0, -1.0),))
+        BudgetChoice(4, 2.0, float("nan"), 0.0, 1.0, grid=((2.0, -1.0),), plans=plans, rollout_time_s=1.0)
+    with pytest.raises(ValueError, match="plans hold 4 candidates but budget=5"):
+        BudgetChoice(5, 2.5, -1.0, 0.0, 1.0, grid=((2.5, -1.0),), plans=plans, rollout_time_s=1.0)
+
+
+# ---- the replay scores the plan that will run (issue 11, item 4)
+
+
+def independent_step_time(samples, plans, num_engines, per_token_latency):
+    """Mean over draws of the slowest engine's T, written from the spec: prompts go in order to the engine with the
+    fewest candidates so far (ties: lowest index); a shortest-only group's candidates decode up to its release length,
+    the num_keep-th shortest untruncated length (all run fully with fewer valid); dual-end ones run to their end."""
+    loads, engine_of = [0] * num_engines, []
+    for plan in plans:
+        engine = min(range(num_engines), key=lambda e: (loads[e], e))
+        engine_of.append(engine)
+        loads[engine] += plan.num_candidates
+    total = 0.0
+    for drawn in samples:
+        pooled = [[] for _ in range(num_engines)]
+        for p, plan in enumerate(plans):
+            group = drawn[p][: plan.num_candidates]
+            valid = sorted(length for length, cut in group if not cut)
+            if plan.num_long == 0 and len(valid) >= plan.num_keep:
+                release = valid[plan.num_keep - 1]
+                pooled[engine_of[p]] += [min(length, release) for length, _ in group]
+            else:
+                pooled[engine_of[p]] += [length for length, _ in group]
+        total += max(rollout_time(lengths, per_token_latency) for lengths in pooled)
+    return total / len(samples)
+
+
+def test_replay_predicts_the_time_of_the_plan_that_runs():
+    # One draw, one recorded group per prompt, each already completed (the cap 200 truncated one candidate).
+    samples = [
+        [
+            [(200, True), (50, False), (30, False), (10, False)],  # prompt 0: the widest
+            [(20, False), (22, False), (24, False), (26, False)],
+            [(60, False), (45, False), (40, False), (5, False)],
+            [(15, False), (16, False), (17, False), (18, False)],
+        ]
+    ]
+    weights = normalize_weights([80.0, 3.0, 20.0, 1.0])  # reference form: (v - 1 + 1) / 79
+    keys = ["d41d", "8f00", "b204", "e980"]
+    kwargs = dict(
+        num_keep=2, num_long=1, min_candidates=2, max_candidates=4, per_token_latency=linear, num_engines=2,
+        tail_prune="paper", tie_keys=keys,
+    )  # fmt: skip
+    budgets = set()
+    for batch_weights in (weights, [1.0] * 4, [0.0] * 4):
+        for cost_weight in (0.0, 1.0, 100.0):
+            choice = replay_budget(samples, cost_weight=cost_weight, weights=batch_weights, **kwargs)
+            budgets.add(choice.budget)
+            # The replayed plan is the planner's own build_plans call with the same weights, budget and keys ...
+            assert list(choice.plans) == build_plans(batch_weights, choice.budget, 2, 1, 2, 4, "paper", keys)
+            # ... and its predicted T is the cost model over that plan and those lengths.
+            expected = independent_step_time(samples, choice.plans, 2, linear)
+            assert choice.rollout_time_s == pytest.approx(expected, rel=1e-12)
+    assert budgets == {12, 16}  # precondition: more than one plan was checked
+    # Tail pruning shows up: with lambda = 0 the budget 12 wins, prompts 0 and 2 sit at M_up = 4 and run
+    # shortest-only (prompt 0 released at its 2nd shortest valid length, 30: effective lengths 30, 30, 30, 10).
+    choice = replay_budget(samples, cost_weight=0.0, weights=weights, **kwargs)
+    assert choice.budget == 12
+    assert [(p.num_candidates, p.num_long) for p in choice.plans] == [(4, 0), (2, 1), (4, 0), (2, 1)]
+    # The even spread the replay used before issue 11 scores [3, 3, 3, 3], all dual-end, at that budget: not the plan
+    # that runs.
+    assert [p.num_long for p in build_plans([1.0] * 4, 12, 2, 1, 2, 4, "paper")] == [1, 1, 1, 1]
+
+
+def test_utility_budget_is_replay_budget_over_draw_replay():
+    history = [[(5, False), (9, False), (30, True)], [(2, False), (40, False)]]
+    args = dict(num_keep=2, num_long=1, min_candidates=2, max_candidates=4, cost_weight=0.3, per_token_latency=linear)
+    weights, keys = [0.5, 2.0, 1.0], ["b", "a", "c"]
+    samples = draw_replay(history, 3, 4, draws=5, seed=3)
+    assert len(samples) == 5 and all(len(d) == 3 and all(len(g) == 4 for g in d) for d in samples)
+    assert all(candidate in history[0] + history[1] for d in samples for g in d for candidate in g)
+    choice = utility_budget(history, 3, **args, draws=5, seed=3, weights=weights, tie_keys=keys)
+    assert choice == replay_budget(samples, **args, weights=weights, tie_keys=keys)
+
+
+@pytest.mark.parametrize(
+    "changes, error, message",
+    [
+        (dict(samples=[]), ValueError, "samples=[] is empty"),
+        (dict(samples=[[[(1, False)] * 4], [[(1, False)] * 4] * 2]), ValueError, "samples[1] holds 2 prompts"),
+        (
+            dict(samples=[[[(1, False)] * 3]]),
+            ValueError,
+            "samples[0][0] holds 3 candidates; expected max_candidates=4",
+        ),
+        (dict(samples=[[[(1, 0)] * 4]]), TypeError, "samples[0][0][0] truncated=0"),
+        (dict(weights=[1.0, 2.0]), ValueError, "weights has 2 entries but the draws hold 1 prompts"),
+        (dict(tie_keys=["a", "b"]), ValueError, "tie_keys has 2 entries but weights has 1"),
+    ],
+)
+def test_replay_budget_rejects_bad_input(changes, error, message):
+    kwargs = dict(
+        samples=[[[(3, False)] * 4]], num_keep=2, num_long=1, min_candidates=2, max_candidates=4, cost_weight=0.5,
+        per_token_latency=linear,
+    )  # fmt: skip
+    with pytest.raises(error) as info:
+        replay_budget(**{**kwargs, **changes})
+    assert message in str(info.value)

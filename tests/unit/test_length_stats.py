@@ -1,13 +1,15 @@
-"""Per-prompt EMA of length spread (§3(d) 1-2), censoring rule, and the checkpoint round trip."""
+"""Per-prompt EMA of length spread (§3(d) 1-2) over the censored fit, and the checkpoint round trip and migration."""
 
 import json
+import math
 import statistics
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from openrlhf_darts.core.length_stats import LengthStats
+from openrlhf_darts.core.length_fit import fit_lengths
+from openrlhf_darts.core.length_stats import STATE_VERSION, LengthStats
 
 pytestmark = pytest.mark.unit
 
@@ -33,60 +35,70 @@ update_streams = st.binary(max_size=120).map(decode_updates)
 alphas = st.sampled_from([0.3, 1.0, 0.5, 0.05, 0.999])
 
 
+def lognormal_std(lengths):
+    """The fit's spread of an uncensored group in closed form: log(1 + l) has sample mean m and sample std s, and the
+    log-normal std is e^(m + s^2/2) sqrt(e^(s^2) - 1) (test_length_fit checks the fit against this)."""
+    ys = [math.log1p(length) for length in lengths]
+    m, s = statistics.fmean(ys), statistics.stdev(ys)
+    return math.exp(m + s * s / 2) * math.sqrt(math.expm1(s * s))
+
+
 def test_hand_example_ema():
     stats = LengthStats(alpha=0.5)
-    # [2, 4, 6]: mean 4, squared deviations 4 + 0 + 4 = 8, sample variance 8 / (3 - 1) = 4, std 2.0. First sets v.
-    assert stats.update("q", [2, 4, 6]) is True and stats.std("q") == 2.0
-    # [0, 6, 12]: std 6.0 (deviations 36 + 0 + 36 = 72, / 2 = 36). v = 0.5 * 6 + 0.5 * 2 = 4.0.
-    assert stats.update("q", [0, 6, 12]) is True and stats.std("q") == 4.0
-    assert stats.update("q", [7]) is False and stats.std("q") == 4.0  # one length has no sample std
-    assert stats.update("q", [4, 4]) is True and stats.std("q") == 2.0  # std 0 -> 0.5 * 0 + 0.5 * 4
+    s1, s2 = lognormal_std([2, 4, 6]), lognormal_std([0, 6, 12])
+    assert stats.update("q", [2, 4, 6]) is True and stats.std("q") == pytest.approx(s1, rel=1e-6)  # first sets v
+    assert stats.update("q", [0, 6, 12]) is True
+    assert stats.std("q") == pytest.approx(0.5 * s2 + 0.5 * s1, rel=1e-6)  # v = alpha * s + (1 - alpha) * v
+    before = stats.std("q")
+    assert stats.update("q", [7]) is False and stats.std("q") == before  # one length has no spread
+    assert stats.update("q", [4, 4]) is True and stats.std("q") == 0.5 * before  # spread 0 -> 0.5 * 0 + 0.5 * v
     assert len(stats) == 1 and "q" in stats and "r" not in stats
 
 
-def test_hand_example_censoring():
+def test_a_censored_group_can_lower_v():
     stats = LengthStats(alpha=0.3)
-    stats.update("q", [0, 6, 12])  # v = 6.0
-    # A censored group with std 2.0 < 6.0 is only a lower bound: skipped, v stays 6.0.
-    assert stats.update("q", [2, 4, 6], censored=[False, False, True]) is False and stats.std("q") == 6.0
-    # The same group uncensored lowers v: 0.3 * 2 + 0.7 * 6 = 0.6 + 4.2 = 4.8.
-    assert stats.update("q", [2, 4, 6]) is True and stats.std("q") == pytest.approx(4.8, abs=1e-12)
-    # A censored group with std 12.0 > 4.8 may raise v: 0.3 * 12 + 0.7 * 4.8 = 3.6 + 3.36 = 6.96.
-    assert stats.update("q", [0, 12, 24], censored=[False, True, True]) is True
-    assert stats.std("q") == pytest.approx(6.96, abs=1e-12)
-    # The first observation of a prompt counts even when censored: there is nothing to lower.
-    assert stats.update("r", [1, 3], censored=[True, True]) is True and stats.std("r") == statistics.stdev([1, 3])
+    stats.update("q", [10, 100, 400, 900])  # a wide prompt
+    wide = stats.std("q")
+    # Now a calm group of a pruned prompt: 8 finished near 100, 4 aborted at the release length 106. Before issue 11 a
+    # censored group could only raise v; its fitted spread (about 10 tokens) is far below v, and v must fall.
+    lengths = [95, 97, 99, 100, 101, 102, 104, 105, 106, 106, 106, 106]
+    censored = [False] * 8 + [True] * 4
+    assert stats.update("q", lengths, censored) is True
+    assert stats.std("q") == pytest.approx(0.3 * fit_lengths(lengths, censored).std + 0.7 * wide, rel=1e-12)
+    assert stats.std("q") < 0.75 * wide
+    # Every candidate censored and no cap: nothing bounds the lengths, the group is skipped. With the cap they all hit,
+    # the spread is 0 (every candidate would have stopped at the cap) and v falls.
+    before = stats.std("q")
+    assert stats.update("q", [64, 64], [True, True]) is False and stats.std("q") == before
+    assert stats.update("q", [64, 64], [True, True], cap=64) is True and stats.std("q") == 0.7 * before
 
 
 def test_weights_for_unseen_prompts_use_the_mean():
     stats = LengthStats()
     assert stats.weights(["a", "b"]) == [0.0, 0.0] and stats.mean_std() == 0.0  # nothing known -> uniform zeros
-    stats.update("a", [2, 4, 6])  # v_a = 2.0
-    stats.update("b", [0, 6, 12])  # v_b = 6.0
-    # Unseen "c" gets the mean of the known v's, (2 + 6) / 2 = 4.
-    assert stats.weights(["b", "c", "a"]) == [6.0, 4.0, 2.0] and stats.mean_std() == 4.0
+    stats.update("a", [2, 4, 6])
+    stats.update("b", [0, 6, 12])
+    v_a, v_b = stats.std("a"), stats.std("b")
+    # Unseen "c" gets the mean of the known v's.
+    assert stats.weights(["b", "c", "a"]) == [v_b, (v_a + v_b) / 2, v_a] and stats.mean_std() == (v_a + v_b) / 2
     assert stats.std("c") is None
 
 
-@given(update_streams, alphas)
-def test_ema_follows_the_rule_and_censoring_never_lowers(updates, alpha):
+@given(update_streams, alphas, st.sampled_from([None, 255]))
+def test_ema_folds_the_fitted_spread(updates, alpha, cap):
     stats = LengthStats(alpha)
     for key, lengths, censored in updates:
         before = stats.std(key)
-        changed = stats.update(key, lengths, censored)
+        changed = stats.update(key, lengths, censored, cap)
         after = stats.std(key)
-        if len(lengths) < 2:
+        fit = fit_lengths(lengths, censored, cap)
+        if len(lengths) < 2 or fit is None:
             assert (changed, after) == (False, before)
-            continue
-        s = statistics.stdev(lengths)
-        if before is None:
-            assert (changed, after) == (True, s)
-        elif any(censored) and s < before:
-            assert (changed, after) == (False, before)
+        elif before is None:
+            assert (changed, after) == (True, fit.std)
         else:
-            assert after == alpha * s + (1 - alpha) * before and changed == (after != before)
-        if any(censored) and before is not None:
-            assert after >= before  # censored lengths may raise v, never lower it
+            assert after == alpha * fit.std + (1 - alpha) * before and changed == (after != before)
+        assert after is None or after >= 0.0
 
 
 @given(update_streams, alphas)
@@ -110,8 +122,8 @@ def test_state_round_trip_is_exact_including_json(updates, alpha):
 def test_counts_track_applied_updates():
     stats = LengthStats()
     stats.update("q", [0, 6, 12])
-    stats.update("q", [1, 1], censored=[True, False])  # skipped: censored and std 0 < 6
-    stats.update("q", [1, 2])
+    stats.update("q", [1, 1], censored=[True, True])  # skipped: all censored, no cap
+    stats.update("q", [1, 2], censored=[True, False])
     assert stats.state_dict()["counts"] == {"q": 2}
 
 
@@ -140,15 +152,18 @@ def test_update_rejects_bad_input():
         stats.update("q", [1, 2], censored=[True])
     with pytest.raises(TypeError, match=r"censored\[0\]=1"):
         stats.update("q", [1, 2], censored=[1, 0])
+    with pytest.raises(ValueError, match=r"lengths \[9\] exceed cap=8"):
+        stats.update("q", [1, 9], cap=8)
+    assert len(stats) == 0
 
 
 def test_load_state_rejects_bad_state():
     stats = LengthStats(0.3)
-    good = {"alpha": 0.3, "values": {"q": 2.0}, "counts": {"q": 1}}
+    good = {"version": STATE_VERSION, "alpha": 0.3, "values": {"q": 2.0}, "counts": {"q": 1}}
     with pytest.raises(ValueError, match=r"state alpha=0.5 differs from this LengthStats alpha=0.3"):
         stats.load_state_dict({**good, "alpha": 0.5})
     with pytest.raises(ValueError, match=r"missing keys \['counts'\]"):
-        stats.load_state_dict({"alpha": 0.3, "values": {}})
+        stats.load_state_dict({"version": STATE_VERSION, "alpha": 0.3, "values": {}})
     with pytest.raises(ValueError, match="values and counts have different keys"):
         stats.load_state_dict({**good, "counts": {"r": 1}})
     with pytest.raises(ValueError, match=r"state values\['q'\]=-2.0 is below 0.0"):
@@ -158,3 +173,19 @@ def test_load_state_rejects_bad_state():
     assert len(stats) == 0  # a rejected state leaves the table untouched
     with pytest.raises(ValueError, match="alpha=2.0 is outside"):
         LengthStats.from_state_dict({**good, "alpha": 2.0})
+
+
+def test_old_scale_states_are_refused():
+    # A checkpoint written before issue 11 has no version: its v_i are raw stds of censored groups, biased low for
+    # pruned prompts. Loading it would mix two scales in one table, so it is refused with the way out.
+    old = {"alpha": 0.3, "values": {"q": 2.0}, "counts": {"q": 1}}
+    stats = LengthStats(0.3)
+    for load in (stats.load_state_dict, LengthStats.from_state_dict):
+        with pytest.raises(ValueError) as info:
+            load(old)
+        message = str(info.value)
+        assert "written before versions were recorded (version 1)" in message
+        assert "drop the 'darts_planner' entry" in message
+    with pytest.raises(ValueError, match="written as 3, but this build reads version 2"):
+        stats.load_state_dict({**old, "version": 3})
+    assert len(stats) == 0
