@@ -192,6 +192,7 @@ class _GroupRun:
             "outcome": self.outcome().to_dict(),
             # [M'_i] per aborted candidate, the length from which it could no longer be kept (core.early_stop).
             "abort_limits": [self.stop.abort_limits.get(j) for j in range(self.plan.num_candidates)],
+            "stop_order": list(self.stop.finished),  # candidates that stopped by themselves, in the order seen
             "raced": sorted(self.stop.raced),  # aborted candidates that finished by themselves first
             "abort_resent": self.abort_resent,
             "largest_output": list(self.largest_output),  # [M'_i] most tokens one stream output added

@@ -56,26 +56,26 @@ def queued_engine(ray_cluster, stopping_model_path):
         remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(pg_id)))
 
 
-def _params(tokenizer):
+def _params(tokenizer, max_tokens=MAX_TOKENS):
     from vllm import SamplingParams
 
     return SamplingParams(
-        temperature=1.0, max_tokens=MAX_TOKENS, min_tokens=1, stop_token_ids=stop_token_ids(tokenizer)
+        temperature=1.0, max_tokens=max_tokens, min_tokens=1, stop_token_ids=stop_token_ids(tokenizer)
     )
 
 
-def _run_groups(ray_cluster, engine, tokenizer, extra=None):
+def _run_groups(ray_cluster, engine, tokenizer, max_tokens=MAX_TOKENS, **extra):
     """GROUPS shortest-only groups dispatched at once; (responses per group, outcome records by group id)."""
     refs = [
         engine.generate_group.remote(
             prompt=PROMPTS[g % len(PROMPTS)],
             label="",
-            sampling_params=_params(tokenizer),
+            sampling_params=_params(tokenizer, max_tokens),
             max_length=512,
             hf_tokenizer=tokenizer,
             plan=PLAN,
             group_id=g,
-            **(extra or {}),
+            **extra,
         )
         for g in range(GROUPS)
     ]
@@ -165,4 +165,27 @@ def test_queued_siblings_do_not_keep_the_others_decoding(ray_cluster, queued_eng
             )
     # Siblings queued: more candidates were in flight than the engine admits, and aborts still happened early.
     assert sum(o.num_aborted for o in outcomes) >= GROUPS
+    assert ray_cluster.get(queued_engine.get_num_unfinished_requests.remote()) == 0
+
+
+def test_long_end_keeps_the_first_n_to_stop(ray_cluster, queued_engine, tokenizer):
+    """--darts.truncated long_end (the reference code): a shortest-only group releases after n candidates stopped for
+    any reason, truncated ones included, and keeps those n; with queued siblings they need not be the n shortest."""
+    responses, records = _run_groups(ray_cluster, queued_engine, tokenizer, max_tokens=24, truncated_rule="long_end")
+    maybe_shorter = 0
+    for g in range(GROUPS):
+        outcome, order = GroupOutcome.from_dict(records[g]["outcome"]), records[g]["stop_order"]
+        assert outcome.truncated_rule == "long_end"
+        assert list(outcome.kept) == sorted(order[: PLAN.num_keep])  # the first n the engine saw stop
+        for j in range(PLAN.num_candidates):
+            # Everyone else was aborted, or stopped by itself after the release while its abort was in flight.
+            assert j in outcome.kept or outcome.aborted[j] or order.index(j) >= PLAN.num_keep
+        assert [_response_length(r) for r in responses[g]] == list(outcome.kept_lengths)
+        # An aborted candidate cut below the longest kept length might have finished shorter: the first n to stop
+        # are not necessarily the n shortest.
+        cut = [outcome.lengths[j] for j in range(PLAN.num_candidates) if outcome.aborted[j]]
+        maybe_shorter += bool(cut) and min(cut) < max(outcome.kept_lengths)
+    kept_truncated = sum(o["outcome"]["truncated"][j] for o in records.values() for j in o["outcome"]["kept"])
+    print(f"\n[long_end] groups with an aborted candidate cut below their longest kept length: {maybe_shorter}")
+    print(f"[long_end] kept truncated samples: {kept_truncated} of {GROUPS * PLAN.num_keep}")
     assert ray_cluster.get(queued_engine.get_num_unfinished_requests.remote()) == 0
