@@ -9,8 +9,8 @@ run unchanged, and every group stays contiguous.
 
 **Warm-up** (`--darts.warmup_steps W`, the reference DAPO trainer's first steps): while fewer than W training steps have
 completed (`completed_steps`, which the trainer sets from upstream's `global_step`, checkpoints included), the prompts
-are planned by `warmup_plans` instead of the planner: the fixed budget spread evenly, every group shortest-only. The
-planner still observes every outcome, so the length statistics are warm when allocation starts.
+are planned by `warmup_plans` instead of the planner (left untouched): the fixed budget spread evenly, every group
+shortest-only. The planner still observes every outcome, so the length statistics are warm when allocation starts.
 """
 
 from __future__ import annotations
@@ -22,21 +22,24 @@ import ray
 
 from openrlhf_darts import upstream
 from openrlhf_darts.config import DartsConfig
-from openrlhf_darts.core.allocation import allocate_candidates
 from openrlhf_darts.core.budget import fixed_budget
 from openrlhf_darts.core.types import GroupOutcome, GroupPlan
 from openrlhf_darts.metrics import outcome_metrics
-from openrlhf_darts.trainer.planner import GroupPlanner
+from openrlhf_darts.trainer.planner import GroupPlanner, prompt_key
 
 TOKEN_POLL_S = 0.05  # how often a token-streaming rollout drains the engines' chunk outboxes
 
 
-def warmup_plans(config: DartsConfig, num_prompts: int) -> list[GroupPlan]:
-    """Plans of a warm-up step: the fixed budget round(avg_candidates * N) spread evenly (equal weights, so counts
-    differ by at most one), every group shortest-only (L = 0). The reference DAPO trainer runs its first 10 steps with
-    12 candidates per prompt (its average) and early stop after the first n finishes."""
-    budget = fixed_budget(num_prompts, config.avg_candidates, config.min_candidates, config.max_candidates)
-    counts = allocate_candidates([1.0] * num_prompts, budget, config.min_candidates, config.max_candidates)
+def warmup_plans(config: DartsConfig, prompts: list[str]) -> list[GroupPlan]:
+    """Plans of a warm-up step: the fixed budget round(avg_candidates * N) spread evenly, every group shortest-only
+    (L = 0). The counts differ by at most one; the remainder goes to the prompts with the smallest keys, not to the
+    first ones of the batch. The reference DAPO trainer runs its first 10 steps with 12 candidates per prompt (its
+    average) and stops each group after its first n finishes."""
+    budget = fixed_budget(len(prompts), config.avg_candidates, config.min_candidates, config.max_candidates)
+    base, extra = divmod(budget, len(prompts))  # base + 1 <= max_candidates whenever extra > 0: budget <= N * max
+    counts = [base] * len(prompts)
+    for i in sorted(range(len(prompts)), key=lambda i: prompt_key(prompts[i]))[:extra]:
+        counts[i] += 1
     return [GroupPlan(num_candidates=m, num_keep=config.n_samples_per_prompt, num_long=0) for m in counts]
 
 
@@ -79,7 +82,7 @@ class DartsSamplesGenerator(upstream.SamplesGenerator):
                 f"{self.config.n_samples_per_prompt}; plans keep exactly --rollout.n_samples_per_prompt per prompt"
             )
         if self._warmup:
-            plans = warmup_plans(self.config, len(prompts))
+            plans = warmup_plans(self.config, list(prompts))
         else:
             plans = self.planner.plan(prompts)
             self._allocation_seconds += self.planner.last_seconds
