@@ -116,12 +116,12 @@ class _GroupRun:
     def _stream_chunks(self, indices) -> None:
         """Emit the full chunks of pending, certainly-kept candidates that are ready (spec 3(g), token level)."""
         plan, stop = self.plan, self.stop
+        ranked = stop.selector.ranked_finishes()
         for index in indices:
             prompt = self.prompt_ids[index]
             if index not in stop.pending or prompt is None:
                 continue
             generated = self.token_ids[index]
-            ranked = stop.selector.ranked_finishes()
             key = (len(generated), index)
             if not chunk_eligible(plan.num_candidates, plan.num_keep, plan.num_long, len(stop.pending), key, ranked):
                 continue
