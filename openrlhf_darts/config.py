@@ -4,6 +4,10 @@ Standard library only: a worker that needs the config must not pay for torch, Ra
 registered with OpenRLHF's dotted style (`--darts.max_candidates`), so after `hierarchize` it lives in `args.darts` and
 travels to every Ray actor inside `strategy.args`. `DartsConfig.from_args` validates the whole group against the
 upstream flags it interacts with, before any actor starts; no user flag is ever rewritten.
+
+The flags' argparse actions also record which of them the command line gave (`args.darts._given`), so a `--darts.*`
+flag without `--darts.enable` is an error naming it, not silently ignored; a value cannot tell, since derived defaults
+are None and a user may spell out a default.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass, fields
+
+from openrlhf_darts.core.types import TRUNCATED_RULES
 
 SELECTIONS = ("dual_end", "shortest")
 BUDGETS = ("fixed", "cost_model")
@@ -29,6 +35,7 @@ _FLAGS: list[tuple[str, type, object, str, str]] = [
     ("stream_chunk_tokens", int, 100, "C", "tokens per chunk on the token-level streaming path"),
     ("latency_profile", str, None, "PTL(d, r)", "JSON per-token-latency profile (required by --darts.budget cost_model)"),
     ("budget_window", int, 4, "-", "recent steps of candidate lengths replayed by the cost_model budget"),
+    ("warmup_steps", int, 0, "W", "first W training steps: uniform budget, shortest-only selection (reference DAPO)"),
 ]
 _CHOICES: list[tuple[str, tuple[str, ...], str, str, str]] = [
     ("selection", SELECTIONS, "dual_end", "K/L", "dual_end keeps K shortest + L longest; shortest keeps n shortest"),
@@ -36,6 +43,13 @@ _CHOICES: list[tuple[str, tuple[str, ...], str, str, str]] = [
     ("tail_prune", TAIL_PRUNE, "paper", "-", "paper: L=0 when M'_i = M_up; graded: reference-code schedule; off"),
     ("weight_norm", WEIGHT_NORMS, "reference", "Norm", "reference: (v - v_min + 1)/(v_max - v_min); plain: v"),
     ("stats_source", STATS_SOURCES, "all", "-", "lengths entering the per-prompt std: all candidates, or kept only"),
+    (
+        "truncated",
+        TRUNCATED_RULES,
+        "exclude",
+        "-",
+        "exclude: capped candidates only fill groups short of n valid ones; long_end: they rank longest (reference)",
+    ),
 ]
 _DERIVED = ("num_long", "min_candidates", "max_candidates", "avg_candidates")  # default None: computed from n
 _SWITCHES: list[tuple[str, str]] = [
@@ -45,19 +59,55 @@ _SWITCHES: list[tuple[str, str]] = [
 ]
 
 
+GIVEN_KEY = "_given"  # args.darts._given: the --darts.* flags the command line gave, in order (canonical names)
+_GIVEN_DEST = f"darts.{GIVEN_KEY}"
+
+
+def _record_given(namespace: argparse.Namespace, flag: str) -> None:
+    setattr(namespace, _GIVEN_DEST, (*getattr(namespace, _GIVEN_DEST), flag))
+
+
+class _GivenValue(argparse.Action):
+    """`store`, and records the flag as given (argparse calls an action only for flags on the command line)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        _record_given(namespace, self.option_strings[0])
+
+
+class _GivenSwitch(argparse.Action):
+    """`store_true`, and records the flag as given."""
+
+    def __init__(self, option_strings, dest, default=False, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, True)
+        _record_given(namespace, self.option_strings[0])
+
+
 def add_darts_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """Register the `--darts.*` group on an (upstream) parser; returns the group."""
     group = parser.add_argument_group("DARTS", "Distribution-Aware Active Rollout Trajectory Shaping (arXiv 2605.30859)")
+    parser.set_defaults(**{_GIVEN_DEST: ()})
     for name, help_text in _SWITCHES:
-        group.add_argument(f"--darts.{name}", action="store_true", default=False, help=f"{help_text} (default: off)")
+        group.add_argument(f"--darts.{name}", action=_GivenSwitch, default=False, help=f"{help_text} (default: off)")
     for name, choices, default, symbol, help_text in _CHOICES:
         group.add_argument(
-            f"--darts.{name}", choices=choices, default=default, help=f"[{symbol}] {help_text} (default: %(default)s)"
+            f"--darts.{name}",
+            action=_GivenValue,
+            choices=choices,
+            default=default,
+            help=f"[{symbol}] {help_text} (default: %(default)s)",
         )
     for name, kind, default, symbol, help_text in _FLAGS:
         shown = _shown_default(name, default)
         group.add_argument(
-            f"--darts.{name}", type=kind, default=default, help=f"[{symbol}] {help_text} (default: {shown})"
+            f"--darts.{name}",
+            action=_GivenValue,
+            type=kind,
+            default=default,
+            help=f"[{symbol}] {help_text} (default: {shown})",
         )
     return group
 
@@ -99,6 +149,8 @@ class DartsConfig:
     stream_chunk_tokens: int
     latency_profile: str | None
     budget_window: int
+    truncated: str = "exclude"  # TRUNCATED_RULES: how selection treats candidates the length cap stopped
+    warmup_steps: int = 0  # W: first W training steps use a uniform budget and shortest-only selection
 
     def __post_init__(self) -> None:
         n = self.n_samples_per_prompt
@@ -109,6 +161,7 @@ class DartsConfig:
             ("tail_prune", TAIL_PRUNE),
             ("weight_norm", WEIGHT_NORMS),
             ("stats_source", STATS_SOURCES),
+            ("truncated", TRUNCATED_RULES),
         ]:
             value = getattr(self, name)
             _check(value in choices, f"--darts.{name}={value!r} is not one of {', '.join(choices)}")
@@ -157,6 +210,10 @@ class DartsConfig:
         )
         _check(self.budget_window >= 1, f"--darts.budget_window={self.budget_window} must be >= 1")
         _check(
+            isinstance(self.warmup_steps, int) and self.warmup_steps >= 0,
+            f"--darts.warmup_steps={self.warmup_steps!r} must be an integer >= 0 (the reference DAPO trainer uses 10)",
+        )
+        _check(
             not (self.stream_tokens and not self.stream),
             "--darts.stream_tokens needs --darts.stream: token chunks are scored by the streaming experience maker",
         )
@@ -182,9 +239,16 @@ class DartsConfig:
 
         Raises `ValueError` for a bad value or a combination DARTS cannot run with, naming the flag and the fix.
         """
-        darts = args.darts
+        flags = dict(vars(args.darts))
+        # Only a namespace built by add_darts_arguments' parser records what the command line gave.
+        given = [flag for flag in flags.pop(GIVEN_KEY, ()) if flag != "--darts.enable"]
         n = args.rollout.n_samples_per_prompt
-        config = cls.from_flags(vars(darts), n)
+        config = cls.from_flags(flags, n)
+        _check(
+            config.enable or not given,
+            f"{', '.join(dict.fromkeys(given))} given without --darts.enable; DARTS flags act only when DARTS is on, "
+            "so add --darts.enable or drop them (a baseline run takes no --darts.* flag)",
+        )
         if config.enable:
             train = args.train
             _check(

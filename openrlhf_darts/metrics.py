@@ -17,13 +17,21 @@ def _percentile(sorted_values: Sequence[int], q: float) -> float:
 
 
 def outcome_metrics(outcomes: Sequence[GroupOutcome]) -> dict[str, float]:
-    """Decisions and length distributions of one step's groups (STYLE.md "Metrics namespace")."""
+    """Decisions and length distributions of one step's groups (STYLE.md "Metrics namespace").
+
+    Length figures never mix finished and aborted candidates: an aborted candidate's partial length is a lower bound
+    on its true length, so `darts/finished_length_*` cover the candidates that stopped by themselves (EOS, or the
+    length cap at the cap) and `darts/aborted_length_mean` the aborted ones, reported as the lower bound it is. Both
+    understate the policy's length distribution in groups that abort (the aborted are the long ones); a
+    censoring-aware estimate of the all-candidate mean belongs beside them (issue 11 item 1's fit, not wired yet).
+    """
     if not outcomes:
         return {}
     candidates = [o.plan.num_candidates for o in outcomes]
-    all_lengths = sorted(length for o in outcomes for length in o.lengths)
+    finished_lengths = sorted(o.lengths[j] for o in outcomes for j in range(o.plan.num_candidates) if not o.aborted[j])
+    aborted_lengths = [o.lengths[j] for o in outcomes for j in range(o.plan.num_candidates) if o.aborted[j]]
     kept_lengths = sorted(length for o in outcomes for length in o.kept_lengths)
-    num_all = len(all_lengths)
+    num_all = sum(candidates)
     metrics = {
         "darts/candidates_mean": sum(candidates) / len(candidates),
         "darts/candidates_max": float(max(candidates)),
@@ -34,14 +42,20 @@ def outcome_metrics(outcomes: Sequence[GroupOutcome]) -> dict[str, float]:
         "darts/tokens_generated": float(sum(o.tokens_generated for o in outcomes)),
         "darts/tokens_kept": float(sum(o.tokens_kept for o in outcomes)),
         "darts/wasted_tokens": float(sum(o.tokens_wasted for o in outcomes)),
+        "darts/kept_truncated_ratio": sum(o.truncated[j] for o in outcomes for j in o.kept) / len(kept_lengths),
         "darts/kept_length_mean": sum(kept_lengths) / len(kept_lengths),
-        "darts/all_length_mean": sum(all_lengths) / num_all,
+        # Every group has at least n candidates that were not aborted (core/types.GroupOutcome), so these exist.
+        "darts/finished_length_mean": sum(finished_lengths) / len(finished_lengths),
         "darts/kept_length_max": float(kept_lengths[-1]),
-        "darts/all_length_max": float(all_lengths[-1]),
+        "darts/finished_length_max": float(finished_lengths[-1]),
         "darts/kept_length_p90": _percentile(kept_lengths, 90),
-        "darts/all_length_p90": _percentile(all_lengths, 90),
+        "darts/finished_length_p90": _percentile(finished_lengths, 90),
         "darts/group_release_s_mean": statistics.fmean(o.release_s for o in outcomes),
     }
+    if aborted_lengths:
+        # Lower bounds (partial lengths); absent in a step that aborted nothing rather than a misleading 0.
+        metrics["darts/aborted_length_mean"] = sum(aborted_lengths) / len(aborted_lengths)
+    # Censoring-aware estimate of the all-candidate mean: to be added from the length-statistics fit (issue 11 item 1).
     for reason in Decision:
         if reason is not Decision.KEEP:
             metrics[f"darts/drop_{reason.value}"] = float(sum(d is reason for o in outcomes for d in o.decisions))

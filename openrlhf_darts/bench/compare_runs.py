@@ -11,7 +11,8 @@ total step time), and writes `compare.txt` and `compare.png` under `--out`.
 The figures it reads (DARTS_SPEC.md §7 "Time" and "Lengths"):
 - step time `timing/step_total`, rollout time `timing/generation` (seconds);
 - response length `rollout/response_length_mean` (tokens the trainer saw) and reward `rollout/reward_mean`;
-- for DARTS runs also `darts/kept_length_mean` against `darts/all_length_mean` (kept vs all candidates).
+- for DARTS runs also `darts/kept_length_mean` against `darts/finished_length_mean` (kept vs the candidates that stopped
+  by themselves; aborted candidates are left out, their partial lengths being lower bounds).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("rollout/response_length_mean", "resp len", "{:.0f}"),
     ("rollout/reward_mean", "reward", "{:.3f}"),
 ]
-DARTS_LENGTHS = ("darts/kept_length_mean", "darts/all_length_mean")
+DARTS_LENGTHS = ("darts/kept_length_mean", "darts/finished_length_mean")
 TENSORBOARD_PREFIX = "train/"
 
 Run = dict[str, dict[int, float]]  # metric key -> {global step -> value}
@@ -123,7 +124,7 @@ def summarize(runs: list[Run], labels: list[str]) -> tuple[list[str], dict[str, 
         if all(key in run for key in DARTS_LENGTHS):
             kept = _mean(list(run[DARTS_LENGTHS[0]].values()))
             every = _mean(list(run[DARTS_LENGTHS[1]].values()))
-            lines.append(f"  {label}: mean kept candidate length {kept:.0f} vs all candidates {every:.0f} tokens")
+            lines.append(f"  {label}: mean kept candidate length {kept:.0f} vs finished candidates {every:.0f} tokens")
     return lines, means
 
 
@@ -165,7 +166,7 @@ def plot(runs: list[Run], labels: list[str], out_file: Path) -> None:
             series = sorted(run.get(key, {}).items())
             if series:
                 axis.plot([s for s, _ in series], [v for _, v in series], style, label=f"{label} {key.split('/')[1]}")
-    axis.set_title("DARTS: kept vs all candidate lengths")
+    axis.set_title("DARTS: kept vs finished candidate lengths")
     axis.set_xlabel("global step")
     if axis.lines:
         axis.legend()

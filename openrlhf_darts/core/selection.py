@@ -3,25 +3,46 @@
 ``select_dual_end`` is the offline rule: given every candidate's length and truncation flag, keep exactly M. The
 ``GroupSelector`` sees the same candidates one finish at a time and tells the engine actor when a shortest-only group
 may stop early; fed every finish, it keeps exactly what ``select_dual_end`` keeps.
+
+Truncated candidates (stopped by the length cap) follow one of two rules (``--darts.truncated``):
+
+- ``exclude`` (ours, the default): they are not ranked; they only fill a group with fewer than M untruncated ones.
+- ``long_end`` (the reference code's behaviour): they rank as the longest candidates, by (truncated, length, index),
+  so a truncated candidate usually becomes a dual-end group's long sample.
 """
 
 from collections.abc import Sequence
 
-from openrlhf_darts.core._checks import check_bool, check_flags, check_int, check_lengths, check_sequence
-from openrlhf_darts.core.types import GroupPlan
+from openrlhf_darts.core._checks import (
+    check_bool,
+    check_choice,
+    check_flags,
+    check_int,
+    check_lengths,
+    check_sequence,
+)
+from openrlhf_darts.core.types import TRUNCATED_RULES, GroupPlan
 
 
-def select_dual_end(lengths: Sequence[int], truncated: Sequence[bool], num_keep: int, num_long: int) -> list[int]:
-    """Keep the K = num_keep - num_long shortest and the L = num_long longest untruncated candidates (§3(b)).
+def select_dual_end(
+    lengths: Sequence[int],
+    truncated: Sequence[bool],
+    num_keep: int,
+    num_long: int,
+    truncated_rule: str = "exclude",
+) -> list[int]:
+    """Keep the K = num_keep - num_long shortest and the L = num_long longest candidates (§3(b)).
 
-    Candidates are ordered by (length, index). With fewer than num_keep untruncated candidates, all of them are kept
-    and the group is filled with the truncated candidates of lowest index. Returns num_keep distinct indices,
-    ascending.
+    ``exclude``: candidates are the untruncated ones, ordered by (length, index); with fewer than num_keep of them,
+    all are kept and the group is filled with the truncated candidates of lowest index. ``long_end``: every
+    candidate is ranked, by (truncated, length, index), so truncated ones are the longest. Returns num_keep distinct
+    indices, ascending.
     """
     lengths = check_lengths("lengths", lengths)
     truncated = check_flags("truncated", truncated, len(lengths), "lengths")
     check_int("num_keep", num_keep, minimum=1)
     check_int("num_long", num_long)
+    check_choice("truncated_rule", truncated_rule, TRUNCATED_RULES)
     if not 0 <= num_long < num_keep:
         raise ValueError(
             f"num_long={num_long} is outside [0, num_keep) = [0, {num_keep}); "
@@ -32,11 +53,16 @@ def select_dual_end(lengths: Sequence[int], truncated: Sequence[bool], num_keep:
             f"num_keep={num_keep} exceeds the {len(lengths)} candidates given; "
             "a group needs at least num_keep candidates"
         )
-    return _select(lengths, truncated, num_keep, num_long)
+    return _select(lengths, truncated, num_keep, num_long, truncated_rule)
 
 
-def _select(lengths: Sequence[int], truncated: Sequence[bool], num_keep: int, num_long: int) -> list[int]:
+def _select(
+    lengths: Sequence[int], truncated: Sequence[bool], num_keep: int, num_long: int, truncated_rule: str = "exclude"
+) -> list[int]:
     # Unchecked body of select_dual_end, shared with the budget simulation where the inputs are known good.
+    if truncated_rule == "long_end":
+        ranked = sorted(range(len(lengths)), key=lambda j: (truncated[j], lengths[j], j))
+        return sorted(ranked[: num_keep - num_long] + ranked[len(ranked) - num_long :])
     valid = sorted((length, j) for j, (length, cut) in enumerate(zip(lengths, truncated)) if not cut)
     if len(valid) >= num_keep:
         # num_short + num_long = num_keep <= len(valid), so the two slices are disjoint.
@@ -59,15 +85,17 @@ def is_underfilled(truncated: Sequence[bool], num_keep: int) -> bool:
 class GroupSelector:
     """Online dual-end selection for one group, fed finish events in completion order (§3(c)).
 
-    It sees finishes only. ``can_abort`` turns true as soon as a shortest-only group has num_keep valid finishes; the
-    engine actor, which also sees running candidates' progress, aborts only once every running candidate has generated
-    at least ``release_length()`` tokens, so none of them can still finish shorter.
+    It sees finishes only. ``can_abort`` turns true as soon as a shortest-only group may release: under ``exclude``
+    once num_keep valid candidates finished (``release_key`` is then the (length, index) of the num_keep-th shortest,
+    and the engine actor aborts each running candidate whose progress orders after it, ``core.early_stop``); under
+    ``long_end`` once num_keep candidates stopped for any reason, as the reference code does.
     """
 
-    def __init__(self, plan: GroupPlan) -> None:
+    def __init__(self, plan: GroupPlan, truncated_rule: str = "exclude") -> None:
         if not isinstance(plan, GroupPlan):
             raise TypeError(f"plan={plan!r} has type {type(plan).__name__}; expected a GroupPlan")
         self.plan = plan
+        self.truncated_rule = check_choice("truncated_rule", truncated_rule, TRUNCATED_RULES)
         self._lengths: dict[int, int] = {}  # candidate index -> generated tokens, in completion order
         self._truncated: dict[int, bool] = {}
         self._valid: list[tuple[int, int]] = []  # (length, index) of untruncated finishes, kept sorted
@@ -105,17 +133,45 @@ class GroupSelector:
         return len(self._lengths) == self.plan.num_candidates
 
     def can_abort(self) -> bool:
-        """A shortest-only group has num_keep valid finishes, so its surplus may be aborted (subject to the guard)."""
-        return self.plan.shortest_only and len(self._valid) >= self.plan.num_keep
+        """A shortest-only group may abort its surplus: num_keep valid finishes (``exclude``) or num_keep finishes of
+        any kind (``long_end``)."""
+        if not self.plan.shortest_only:
+            return False
+        if self.truncated_rule == "long_end":
+            return len(self._lengths) >= self.plan.num_keep
+        return len(self._valid) >= self.plan.num_keep
 
-    def release_length(self) -> int | None:
-        """Length of the num_keep-th shortest valid finish, or None while fewer than num_keep valid ones finished.
+    def release_key(self) -> tuple[int, int] | None:
+        """(length, index) of the num_keep-th shortest valid finish, or None while fewer than num_keep valid finished.
 
-        No running candidate that has generated at least this many tokens can enter the M shortest any more.
+        A running candidate j whose progress g_j gives (g_j, j) > release_key() can never enter the num_keep
+        shortest: it ends at least g_j long, and ties order by index.
         """
         if len(self._valid) < self.plan.num_keep:
             return None
-        return self._valid[self.plan.num_keep - 1][0]
+        return self._valid[self.plan.num_keep - 1]
+
+    def release_length(self) -> int | None:
+        """Length of the num_keep-th shortest valid finish, or None while fewer than num_keep valid ones finished."""
+        key = self.release_key()
+        return None if key is None else key[0]
+
+    def longest_key(self) -> tuple[int, int, int] | None:
+        """(truncated, length, index) of the finish that ranks longest under the truncation rule, or None.
+
+        ``exclude`` ranks untruncated finishes only (the first element is then 0); ``long_end`` ranks every finish,
+        truncated ones last. Token streaming compares a running candidate's (0, progress, index) with it (§3(g)).
+        """
+        if self.truncated_rule == "long_end":
+            ranked = [(int(self._truncated[j]), length, j) for j, length in self._lengths.items()]
+            return max(ranked, default=None)
+        return (0, *self._valid[-1]) if self._valid else None
+
+    def ranked_finishes(self) -> list[tuple[int, int, int]]:
+        """(truncated, length, index) of every finish that competes for the long end, ascending (see longest_key)."""
+        if self.truncated_rule == "long_end":
+            return sorted((int(self._truncated[j]), length, j) for j, length in self._lengths.items())
+        return [(0, length, j) for length, j in self._valid]
 
     def short_end_final(self, min_running_progress: int | None) -> list[int] | None:
         """The K = num_short shortest valid finishes, once no running candidate can displace them; else None (§3(b)).
@@ -136,7 +192,7 @@ class GroupSelector:
         return sorted(j for _, j in self._valid[:num_short])
 
     def kept(self) -> list[int]:
-        """``select_dual_end`` over the finished candidates, as candidate indices, ascending."""
+        """``select_dual_end`` over the finished candidates under the group's rule, as candidate indices, ascending."""
         if len(self._lengths) < self.plan.num_keep:
             raise ValueError(
                 f"only {len(self._lengths)} candidates finished but num_keep={self.plan.num_keep}; "
@@ -148,5 +204,6 @@ class GroupSelector:
             [self._truncated[j] for j in finished],
             self.plan.num_keep,
             self.plan.num_long,
+            self.truncated_rule,
         )
         return [finished[p] for p in positions]

@@ -10,14 +10,16 @@ Standard library only. Three small rules, each used by the streaming experience 
   the non-streamed path would build. A wave is released once at least `min_micro_batches` complete micro-batches wait
   (upstream's `RayActorGroup.async_run_method_batch` needs at least one per data-parallel actor), and never so early
   that the micro-batches still expected would form a final wave smaller than that.
-* **Token chunks.** A still-decoding candidate may be scored chunk by chunk once it is certain to be kept: in a
-  dual-end group after `num_candidates - num_long` candidates finished (the rest are its longest), and in any group
-  with `num_candidates == num_keep` (nothing is dropped). Chunks are spans of the full sequence; the first one carries
+* **Token chunks.** A still-decoding candidate may be scored chunk by chunk once it is certain to be kept: in any
+  group with `num_candidates == num_keep` (nothing is dropped), and in a dual-end group once fewer than L candidates
+  can still end above it by (length, index): the other running ones, plus the finishes that order after its current
+  progress (`chunk_eligible`; siblings need not decode in lockstep). Chunks are spans of the full sequence; the first one carries
   the prompt plus `chunk_tokens` response tokens, later ones `chunk_tokens` each, and the last one the remainder.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -109,22 +111,44 @@ class WaveScheduler:
         return wave
 
 
-def chunk_eligible(num_candidates: int, num_keep: int, num_long: int, num_finished: int) -> bool:
-    """True once every still-decoding candidate of the group is certain to be kept (module docstring).
+def chunk_eligible(
+    num_candidates: int,
+    num_keep: int,
+    num_long: int,
+    num_running: int,
+    candidate: tuple[int, int],
+    finished: Sequence[tuple[int, int, int]],
+) -> bool:
+    """True when the running candidate `candidate` = (progress, index) is certain to be kept (module docstring).
 
-    A shortest-only group with surplus candidates is never eligible: any running candidate may still be aborted.
-    Truncation can still drop an eligible candidate (a capped candidate loses to valid ones); the caller then releases
-    its cache and counts its scored tokens as wasted.
+    `num_running` counts the group's candidates that have neither finished nor been aborted, this one included;
+    `finished` holds the (truncated, length, index) keys of the finishes that compete for the long end (the
+    untruncated ones under `--darts.truncated exclude`, every one under `long_end`; `GroupSelector.ranked_finishes`).
+
+    A group with `num_candidates == num_keep` keeps everything. A shortest-only group with surplus candidates is never
+    eligible: any running candidate may still be aborted. A dual-end candidate r with progress g ends at least g long,
+    so at most the other running candidates plus the finishes ordering after (0, g, r) can end above it; it is certain
+    to be among the L longest when those are fewer than L. With L = 1 that reads: nothing else runs, and g exceeds the
+    longest competing finish, or equals its length with a higher index. Siblings need not decode in lockstep: one that
+    waited in the engine's queue and still runs keeps the others from streaming until it overtakes them or stops.
+    Under `exclude` truncation can still drop an eligible candidate (a capped candidate loses to valid ones); the
+    caller then releases its cache and counts its scored tokens as wasted.
     """
     if not 1 <= num_keep <= num_candidates:
         raise ValueError(f"num_keep={num_keep} must lie in [1, num_candidates={num_candidates}]")
     if not 0 <= num_long < num_keep:
         raise ValueError(f"num_long={num_long} must lie in [0, num_keep={num_keep})")
-    if not 0 <= num_finished <= num_candidates:
-        raise ValueError(f"num_finished={num_finished} must lie in [0, num_candidates={num_candidates}]")
+    if not 1 <= num_running <= num_candidates - len(finished):
+        raise ValueError(
+            f"num_running={num_running} must lie in [1, num_candidates - finishes = {num_candidates - len(finished)}]"
+        )
     if num_candidates == num_keep:
         return True
-    return num_long > 0 and num_finished >= num_candidates - num_long
+    if num_long == 0:
+        return False
+    progress, index = candidate
+    above = sum(1 for key in finished if key > (0, progress, index))
+    return (num_running - 1) + above < num_long
 
 
 def chunk_spans(

@@ -10,7 +10,11 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from openrlhf_darts.core._checks import check_bool, check_int, check_real, check_sequence
+from openrlhf_darts.core._checks import check_bool, check_choice, check_int, check_real, check_sequence
+
+# How selection treats candidates the length cap stopped (--darts.truncated; core/selection.py):
+# "exclude" ranks untruncated candidates only and uses truncated ones to fill; "long_end" ranks truncated ones longest.
+TRUNCATED_RULES = ("exclude", "long_end")
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,7 @@ _OUTCOME_KEYS = (
     "underfilled",
     "elapsed_s",
     "release_s",
+    "truncated_rule",
 )
 _PLAN_KEYS = ("num_candidates", "num_keep", "num_long")
 
@@ -100,8 +105,12 @@ class GroupOutcome:
     """One group after selection (§3(b), (c)): every candidate's length and fate, and the exactly M kept indices.
 
     ``from_results`` is the usual way to build one. The direct constructor checks that the fields agree with each other
-    and with the invariants of §3(b): M distinct kept indices, no aborted candidate kept, untruncated candidates
-    preferred, and ``underfilled`` set exactly when fewer than M untruncated candidates finished.
+    and with the invariants of §3(b): M distinct kept indices, no aborted candidate kept, and ``underfilled`` set
+    exactly when fewer than M untruncated candidates finished. Under ``truncated_rule="exclude"`` untruncated
+    candidates are preferred (a truncated one is kept only to fill an underfilled group, which then keeps every
+    untruncated one). Under ``"long_end"`` truncated candidates rank longest, and a dual-end group's kept set must be
+    the selection over its finished candidates; a shortest-only group keeps the first M candidates to stop, which the
+    record cannot re-derive (it holds no stop order).
     """
 
     plan: GroupPlan
@@ -113,8 +122,10 @@ class GroupOutcome:
     underfilled: bool  # the fill branch of §3(b) ran: fewer than M untruncated candidates finished
     elapsed_s: float = 0.0  # seconds from group start until its last candidate stopped
     release_s: float = 0.0  # seconds from group start until its kept set became final
+    truncated_rule: str = "exclude"  # TRUNCATED_RULES: how selection treated truncated candidates
 
     def __post_init__(self) -> None:
+        check_choice("truncated_rule", self.truncated_rule, TRUNCATED_RULES)
         self._check_per_candidate_fields()
         self._check_kept()
         self._check_selection_invariants()
@@ -178,7 +189,7 @@ class GroupOutcome:
             )
 
     def _check_selection_invariants(self) -> None:
-        # §3(b) whatever K and L are: untruncated candidates are preferred, and the fill branch keeps all of them.
+        # §3(b) whatever K and L are: underfilled records whether fewer than M untruncated candidates finished.
         check_bool("underfilled", self.underfilled)
         valid = [j for j in range(self.plan.num_candidates) if not self.truncated[j] and not self.aborted[j]]
         num_keep = self.plan.num_keep
@@ -187,16 +198,42 @@ class GroupOutcome:
                 f"underfilled={self.underfilled} but {len(valid)} untruncated candidates finished for "
                 f"num_keep={num_keep}; underfilled must equal ({len(valid)} < {num_keep})"
             )
+        if self.truncated_rule == "long_end":
+            self._check_long_end()
+            return
         if not self.underfilled and any(self.truncated[j] for j in self.kept):
             raise ValueError(
                 f"kept={self.kept} includes a truncated candidate although {len(valid)} untruncated candidates "
-                f"finished; truncated candidates may only fill a group with fewer than num_keep={num_keep} valid ones"
+                f"finished; truncated candidates may only fill a group with fewer than num_keep={num_keep} valid ones "
+                "(or use truncated_rule='long_end')"
             )
         left_out = [j for j in valid if j not in self.kept]
         if self.underfilled and left_out:
             raise ValueError(
                 f"kept={self.kept} leaves out untruncated candidates {left_out} of an underfilled group; "
                 "the fill branch of §3(b) keeps every untruncated finished candidate"
+            )
+
+    def _check_long_end(self) -> None:
+        # A dual-end group runs every candidate to the end, so its kept set is the long_end selection over them.
+        # A shortest-only group keeps the first M to stop, which only the engine saw.
+        if self.plan.shortest_only:
+            return
+        from openrlhf_darts.core.selection import _select
+
+        finished = [j for j in range(self.plan.num_candidates) if not self.aborted[j]]
+        positions = _select(
+            [self.lengths[j] for j in finished],
+            [self.truncated[j] for j in finished],
+            self.plan.num_keep,
+            self.plan.num_long,
+            "long_end",
+        )
+        expected = tuple(finished[p] for p in positions)
+        if self.kept != expected:
+            raise ValueError(
+                f"kept={self.kept} but truncated_rule='long_end' keeps {expected}: the K shortest and the L longest "
+                "finished candidates by (truncated, length, index)"
             )
 
     @classmethod
@@ -206,10 +243,15 @@ class GroupOutcome:
         results: Sequence[CandidateResult],
         elapsed_s: float = 0.0,
         release_s: float = 0.0,
+        truncated_rule: str = "exclude",
+        kept: Sequence[int] | None = None,
     ) -> "GroupOutcome":
         """Select over the finished (non-aborted) candidates with ``select_dual_end`` (§3(b)) and record every fate.
 
-        ``results`` holds one ``CandidateResult`` per candidate index 0..M'-1, in any order.
+        ``results`` holds one ``CandidateResult`` per candidate index 0..M'-1, in any order. ``kept`` is the kept set
+        the engine actor decided, checked against the selection; under ``truncated_rule="long_end"`` a shortest-only
+        group keeps the first M candidates to stop, so there it is taken as given (and required when more than M
+        finished, since the results hold no stop order).
         """
         # Imported here because selection.py imports GroupPlan from this module.
         from openrlhf_darts.core.selection import select_dual_end
@@ -246,8 +288,24 @@ class GroupOutcome:
             [ordered[j].truncated for j in finished],
             plan.num_keep,
             plan.num_long,
+            truncated_rule,
         )
-        kept = tuple(finished[p] for p in positions)
+        selected = tuple(finished[p] for p in positions)
+        by_stop_order = truncated_rule == "long_end" and plan.shortest_only
+        if kept is None:
+            if by_stop_order and len(finished) > plan.num_keep:
+                raise ValueError(
+                    f"{len(finished)} candidates finished in a shortest-only group under truncated_rule='long_end', "
+                    f"which keeps the first num_keep={plan.num_keep} to stop; pass the engine's kept set as kept="
+                )
+            kept = selected
+        else:
+            kept = tuple(sorted(check_sequence("kept", kept)))
+            if not by_stop_order and kept != selected:
+                raise ValueError(
+                    f"kept={kept} differs from the selection over the finished candidates, {selected} "
+                    f"(truncated_rule={truncated_rule!r}); the engine's kept set must be select_dual_end's"
+                )
         num_valid = sum(1 for j in finished if not ordered[j].truncated)
         decisions = tuple(_decision(r.index in kept, r.aborted, r.truncated) for r in ordered)
         return cls(
@@ -260,6 +318,7 @@ class GroupOutcome:
             underfilled=num_valid < plan.num_keep,
             elapsed_s=elapsed_s,
             release_s=release_s,
+            truncated_rule=truncated_rule,
         )
 
     @property
@@ -302,12 +361,16 @@ class GroupOutcome:
             "underfilled": self.underfilled,
             "elapsed_s": self.elapsed_s,
             "release_s": self.release_s,
+            "truncated_rule": self.truncated_rule,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "GroupOutcome":
         if not isinstance(data, Mapping):
             raise TypeError(f"data has type {type(data).__name__}; expected a dict from GroupOutcome.to_dict()")
+        if "truncated_rule" not in data:
+            # Records written before --darts.truncated existed (saved benchmark reports): "exclude" was the only rule.
+            data = {**data, "truncated_rule": "exclude"}
         _check_keys("GroupOutcome dict", data, _OUTCOME_KEYS)
         plan = data["plan"]
         if not isinstance(plan, Mapping):
@@ -331,6 +394,7 @@ class GroupOutcome:
             underfilled=data["underfilled"],
             elapsed_s=data["elapsed_s"],
             release_s=data["release_s"],
+            truncated_rule=data["truncated_rule"],
         )
 
 

@@ -12,6 +12,9 @@ and upstream calls (variable unset) and DARTS groups (variable set):
                                                    abort -> AsyncLLM.abort(request id): the stream ends with the
                                                             partial output, so its true length is recorded
 
+Shortest-only groups abort each candidate on its own, the moment its progress orders after the current release bound
+(`core.early_stop`): siblings still waiting in vLLM's queue no longer keep the others decoding.
+
 No remote call sits on the decode path: progress and finishes are counted in this process. With token streaming
 (`generate_group(..., stream_chunk_tokens=C)`), every candidate that is certain to be kept (`core.streaming.
 chunk_eligible`) puts full chunks of its sequence (`core.streaming.chunk_spans`) into a local outbox while it decodes;
@@ -28,9 +31,9 @@ import time
 
 import ray
 
-from openrlhf_darts.core.selection import GroupSelector
+from openrlhf_darts.core.early_stop import EarlyStop
 from openrlhf_darts.core.streaming import chunk_eligible, chunk_spans
-from openrlhf_darts.core.types import CandidateResult, GroupOutcome, GroupPlan
+from openrlhf_darts.core.types import TRUNCATED_RULES, GroupOutcome, GroupPlan
 from openrlhf_darts.upstream import RolloutRayActorBase
 
 logger = logging.getLogger(__name__)
@@ -49,10 +52,20 @@ class _Dropped(Exception):
 
 
 class _GroupRun:
-    """Local state of one prompt's candidates: progress, finishes, and the keep/drop/abort verdicts."""
+    """Local state of one prompt's candidates: the early-stop state machine (core.early_stop), request ids, verdicts
+    and abort calls, and the token-streaming outbox."""
 
-    def __init__(self, plan: GroupPlan, abort_request, chunk_tokens: int | None = None, emit=None, group_id=None):
+    def __init__(
+        self,
+        plan: GroupPlan,
+        abort_request,
+        truncated_rule: str = "exclude",
+        chunk_tokens: int | None = None,
+        emit=None,
+        group_id=None,
+    ):
         self.plan = plan
+        self.stop = EarlyStop(plan, truncated_rule)
         self._abort_request = abort_request  # coroutine function: AsyncLLM.abort(request_id)
         # Token streaming: chunk size C and the outbox's append (None: off); per candidate, its prompt token ids,
         # the latest cumulative response token ids and how many sequence tokens went out already.
@@ -63,90 +76,96 @@ class _GroupRun:
         self.token_ids: list = [()] * plan.num_candidates
         self.sent = [0] * plan.num_candidates
         self.request_ids: list[str | None] = [None] * plan.num_candidates
-        self.selector = GroupSelector(plan)
-        self.progress = [0] * plan.num_candidates  # tokens generated so far, from the cumulative stream
-        self.running = set(range(plan.num_candidates))
-        self.finished: dict[int, tuple[int, bool]] = {}  # index -> (length, truncated)
-        self.aborted: set[int] = set()
+        # Tokens seen per candidate, and the most tokens one stream output added (vLLM merges engine steps into one
+        # output when the consumer falls behind; an abort's overshoot is bounded by it, docs/design.md).
+        self.seen = [0] * plan.num_candidates
+        self.largest_output = [0] * plan.num_candidates
         loop = asyncio.get_running_loop()
         self.verdicts = [loop.create_future() for _ in range(plan.num_candidates)]
         self.tasks: list[asyncio.Task] = []
-        self.kept: list[int] | None = None
         self.abort_tasks: list[asyncio.Future] = []
+        self.abort_sent: set[int] = set()  # candidates whose abort reached vLLM's front end
+        self.abort_resent = 0
+        self.released = False
         self.start = time.perf_counter()
         self.release_s = 0.0
 
-    def on_progress(self, index: int, token_ids) -> None:
-        self.progress[index] = len(token_ids)
+    @property
+    def kept(self) -> tuple[int, ...] | None:
+        return self.stop.kept
+
+    def on_progress(self, index: int, token_ids, finished: bool) -> None:
+        self.largest_output[index] = max(self.largest_output[index], len(token_ids) - self.seen[index])
+        self.seen[index] = len(token_ids)
         if self.chunk_tokens is not None:
             self.token_ids[index] = token_ids
             self._stream_chunks([index])
-        if self.kept is None and self.plan.shortest_only and self.selector.can_abort():
-            self._maybe_release()
+        if finished:
+            return  # the final output: generate() records the finish or the abort, with its finish reason
+        if index in self.abort_sent:
+            # vLLM's front end dropped the abort because the request was not registered yet: send it again.
+            self.abort_resent += 1
+            self.abort_tasks.append(asyncio.ensure_future(self._abort(index)))
+            return
+        self._apply(self.stop.on_progress(index, len(token_ids)))
 
     def stream_key(self, index: int) -> str:
         """The id a candidate's chunks and its kept sample carry: `<group_id>/<candidate index>`."""
         return f"{self.group_id}/{index}"
 
     def _stream_chunks(self, indices) -> None:
-        """Emit the full chunks of running, certainly-kept candidates that are ready (spec 3(g), token level)."""
-        plan = self.plan
-        if not chunk_eligible(plan.num_candidates, plan.num_keep, plan.num_long, len(self.finished)):
-            return
+        """Emit the full chunks of pending, certainly-kept candidates that are ready (spec 3(g), token level)."""
+        plan, stop = self.plan, self.stop
+        ranked = stop.selector.ranked_finishes()
         for index in indices:
             prompt = self.prompt_ids[index]
-            if index not in self.running or prompt is None:
+            if index not in stop.pending or prompt is None:
                 continue
             generated = self.token_ids[index]
+            key = (len(generated), index)
+            if not chunk_eligible(plan.num_candidates, plan.num_keep, plan.num_long, len(stop.pending), key, ranked):
+                continue
             for start, end in chunk_spans(len(prompt), len(generated), self.sent[index], self.chunk_tokens, False):
                 tokens = [*prompt[start:end], *generated[max(0, start - len(prompt)) : end - len(prompt)]]
-                self._emit({"key": self.stream_key(index), "group_id": self.group_id, "start": start, "tokens": tokens})
+                self._emit(
+                    {"key": self.stream_key(index), "group_id": self.group_id, "start": start, "tokens": tokens}
+                )
                 self.sent[index] = end
 
     def on_finish(self, index: int, length: int, truncated: bool) -> None:
-        if index in self.aborted:
-            # It stopped on its own after the group released it (a race with the abort): still not kept.
-            self.progress[index] = length
-            return
-        if index in self.finished:
+        """Candidate `index` stopped by itself (also when its abort was in flight: it then counts as finished)."""
+        if index in self.stop.finished:
             raise RuntimeError(
                 f"candidate {index} called generate twice; DARTS supports single-turn executors only "
                 "(multi-turn agents need a per-turn definition of length and finish)"
             )
-        self.progress[index] = length
-        self.finished[index] = (length, truncated)
-        self.running.discard(index)
-        self.selector.on_finish(index, length, truncated)
+        self._apply(self.stop.on_finish(index, length, truncated))
         if self.chunk_tokens is not None:
-            self._stream_chunks(sorted(self.running))  # a finish may make the rest certain to be kept
-        self._maybe_release()
+            self._stream_chunks(sorted(self.stop.pending))  # a finish may make the rest certain to be kept
 
-    def _maybe_release(self) -> None:
-        if self.kept is not None:
-            return
-        if self.running:
-            if not (self.plan.shortest_only and self.selector.can_abort()):
-                return
-            # Spec 3(c): abort only when no running candidate can still finish at or below the release length.
-            release = self.selector.release_length()
-            if any(self.progress[r] <= release for r in self.running):
-                return
-        self._release()
+    def on_aborted(self, index: int, length: int) -> None:
+        """vLLM ended an aborted candidate's stream after `length` tokens."""
+        self.stop.on_aborted(index, length)
 
-    def _release(self) -> None:
-        self.kept = self.selector.kept()
-        self.release_s = time.perf_counter() - self.start
-        keep = set(self.kept)
-        for index in self.finished:
-            self.verdicts[index].set_result(index in keep)
-        for index in sorted(self.running):
-            self.aborted.add(index)
+    def _apply(self, aborts: list[int]) -> None:
+        for index in aborts:
             self.verdicts[index].set_result(False)
             if self.request_ids[index] is None:
                 self.tasks[index].cancel()  # not submitted to vLLM yet: nothing to abort there
             else:
-                self.abort_tasks.append(asyncio.ensure_future(self._abort_request(self.request_ids[index])))
-        self.running.clear()
+                self.abort_tasks.append(asyncio.ensure_future(self._abort(index)))
+        if self.stop.kept is not None and not self.released:
+            self.released = True
+            self.release_s = time.perf_counter() - self.start
+            keep = set(self.stop.kept)
+            for index in self.stop.finished:
+                if not self.verdicts[index].done():  # racers got False when they were aborted
+                    self.verdicts[index].set_result(index in keep)
+
+    async def _abort(self, index: int) -> None:
+        # Marked before the call: AsyncLLM.abort finalizes the request's output synchronously, before its first await.
+        self.abort_sent.add(index)
+        await self._abort_request(self.request_ids[index])
 
     def fail(self, error: BaseException) -> None:
         """A candidate broke (engine error, reward failure): stop the others so the group fails at once."""
@@ -156,14 +175,28 @@ class _GroupRun:
             task.cancel()
 
     def outcome(self) -> GroupOutcome:
-        results = [
-            CandidateResult(index=i, length=length, truncated=truncated, aborted=False)
-            for i, (length, truncated) in self.finished.items()
-        ]
-        results += [CandidateResult(index=i, length=self.progress[i], truncated=False, aborted=True) for i in self.aborted]
         return GroupOutcome.from_results(
-            self.plan, results, elapsed_s=time.perf_counter() - self.start, release_s=self.release_s
+            self.plan,
+            self.stop.results(),
+            elapsed_s=time.perf_counter() - self.start,
+            release_s=self.release_s,
+            truncated_rule=self.stop.truncated_rule,
+            kept=self.stop.kept,
         )
+
+    def record(self, prompt: str) -> dict:
+        """What `pop_group_outcomes` returns for this group: the outcome plus abort diagnostics."""
+        return {
+            "group_id": self.group_id,
+            "prompt": prompt,
+            "outcome": self.outcome().to_dict(),
+            # [M'_i] per aborted candidate, the length from which it could no longer be kept (core.early_stop).
+            "abort_limits": [self.stop.abort_limits.get(j) for j in range(self.plan.num_candidates)],
+            "stop_order": list(self.stop.finished),  # candidates that stopped by themselves, in the order seen
+            "raced": sorted(self.stop.raced),  # aborted candidates that finished by themselves first
+            "abort_resent": self.abort_resent,
+            "largest_output": list(self.largest_output),  # [M'_i] most tokens one stream output added
+        }
 
 
 class _ProgressStream:
@@ -188,7 +221,7 @@ class _ProgressStream:
 
 async def _tracked(stream, group: _GroupRun, index: int):
     async for output in stream:
-        group.on_progress(index, output.outputs[0].token_ids)  # cumulative (upstream's default output kind)
+        group.on_progress(index, output.outputs[0].token_ids, output.finished)  # cumulative (upstream's default)
         yield output
 
 
@@ -222,10 +255,16 @@ class DartsRolloutActor(RolloutRayActorBase):
             return output
         group, index = slot
         completion = output.outputs[0]
-        if index in group.aborted:
-            # Aborted by the group: the final output carries the partial trajectory (or the full one, if it won the
-            # race with the abort). Either way it is wasted work and is never scored.
-            group.on_finish(index, len(completion.token_ids), completion.finish_reason == "length")
+        if index in group.stop.abort_limits:
+            # Aborted by the group: the final output carries the partial trajectory, or the whole one if the candidate
+            # stopped by itself before the abort took effect (then it counts as finished, core.early_stop). Either way
+            # it is not kept and never scored.
+            if completion.finish_reason == "abort":
+                group.on_aborted(index, len(completion.token_ids))
+            elif completion.finish_reason in ("stop", "length"):
+                group.on_finish(index, len(completion.token_ids), completion.finish_reason == "length")
+            else:
+                raise RuntimeError(f"DARTS candidate {index} ended with finish_reason={completion.finish_reason!r}")
             raise _Dropped(index)
         if completion.finish_reason not in ("stop", "length"):
             raise RuntimeError(
@@ -248,6 +287,7 @@ class DartsRolloutActor(RolloutRayActorBase):
         images=None,
         group_id: int | None = None,
         stream_chunk_tokens: int | None = None,
+        truncated_rule: str = "exclude",
     ) -> list[dict]:
         """Generate `plan.num_candidates` candidates for one prompt and return the `plan.num_keep` kept responses.
 
@@ -255,6 +295,7 @@ class DartsRolloutActor(RolloutRayActorBase):
         The group's `GroupOutcome` (all lengths, aborts, tokens) waits in this actor for `pop_group_outcomes`.
         With `stream_chunk_tokens` (token streaming), certainly-kept candidates emit chunks of that many tokens to
         `pop_token_chunks` while they decode, and every kept response carries `darts_stream_key`.
+        `truncated_rule` (`--darts.truncated`) says how selection ranks candidates the length cap stopped.
         """
         if isinstance(plan, dict):
             plan = GroupPlan(**plan)
@@ -264,7 +305,11 @@ class DartsRolloutActor(RolloutRayActorBase):
             raise ValueError(f"sampling_params.n={sampling_params.n}; DARTS sends one n=1 request per candidate")
         if stream_chunk_tokens is not None and (not isinstance(stream_chunk_tokens, int) or stream_chunk_tokens < 1):
             raise ValueError(f"stream_chunk_tokens={stream_chunk_tokens!r} must be a positive int or None")
-        group = _GroupRun(plan, self.llm.abort, stream_chunk_tokens, self._token_chunks.append, group_id)
+        if truncated_rule not in TRUNCATED_RULES:
+            raise ValueError(f"truncated_rule={truncated_rule!r} is not one of {TRUNCATED_RULES} (--darts.truncated)")
+        group = _GroupRun(
+            plan, self.llm.abort, truncated_rule, stream_chunk_tokens, self._token_chunks.append, group_id
+        )
         group.tasks = [
             asyncio.create_task(
                 self._run_candidate(group, i, prompt, label, sampling_params, max_length, hf_tokenizer, images)
@@ -283,7 +328,7 @@ class DartsRolloutActor(RolloutRayActorBase):
         if stream_chunk_tokens is not None:
             for i, response in zip(group.kept, responses):
                 response["darts_stream_key"] = group.stream_key(i)
-        self._outcomes.append({"group_id": group_id, "prompt": prompt, "outcome": group.outcome().to_dict()})
+        self._outcomes.append(group.record(prompt))
         return responses
 
     async def _run_candidate(self, group, index, prompt, label, sampling_params, max_length, hf_tokenizer, images):

@@ -18,6 +18,9 @@ samples generator and the experience maker; ours then replaces two of them as at
   phases: DARTS phases happen inside them and must not be counted twice.
 - `restore_best_checkpoint_state(checkpoint_states)`, which `fit` calls with the loaded states before the first step:
   it restores the planner state.
+
+Both also hand the generator upstream's `global_step` (`completed_steps`), which decides the `--darts.warmup_steps`
+warm-up; a resumed run therefore continues its warm-up where the checkpoint left it.
 """
 
 from __future__ import annotations
@@ -93,6 +96,7 @@ class DartsPPOTrainer(upstream.ppo_trainer_base()):
         logs_dict = {} if logs_dict is None else logs_dict
         client_states = {} if client_states is None else client_states
         if self.darts_config.enable:
+            self.samples_generator.completed_steps = global_step  # fit calls this after each training step
             # Popped every step (logged or not), so a logged value always belongs to this step.
             logs_dict.update(self.samples_generator.pop_metrics())
             if self.darts_config.stream:
@@ -105,6 +109,7 @@ class DartsPPOTrainer(upstream.ppo_trainer_base()):
         super().restore_best_checkpoint_state(checkpoint_states)
         if not self.darts_config.enable or not checkpoint_states:
             return
+        self.samples_generator.completed_steps = checkpoint_states["global_step"]  # 0 for a fresh run
         state = checkpoint_states.get(PLANNER_STATE_KEY)
         if state is not None:
             self.samples_generator.planner.load_state_dict(state)

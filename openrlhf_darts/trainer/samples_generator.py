@@ -6,6 +6,11 @@
 - `_dispatch_prompts_to_vllm` plans the prompts and calls `generate_group` instead of `generate_responses`.
 Each ref still resolves to n response dicts, so upstream's collection loop, dynamic filtering and experience building
 run unchanged, and every group stays contiguous.
+
+**Warm-up** (`--darts.warmup_steps W`, the reference DAPO trainer's first steps): while fewer than W training steps have
+completed (`completed_steps`, which the trainer sets from upstream's `global_step`, checkpoints included), the prompts
+are planned by `warmup_plans` instead of the planner (left untouched): the fixed budget spread evenly, every group
+shortest-only. The planner still observes every outcome, so the length statistics are warm when allocation starts.
 """
 
 from __future__ import annotations
@@ -17,11 +22,25 @@ import ray
 
 from openrlhf_darts import upstream
 from openrlhf_darts.config import DartsConfig
-from openrlhf_darts.core.types import GroupOutcome
+from openrlhf_darts.core.budget import fixed_budget
+from openrlhf_darts.core.types import GroupOutcome, GroupPlan
 from openrlhf_darts.metrics import outcome_metrics
-from openrlhf_darts.trainer.planner import GroupPlanner
+from openrlhf_darts.trainer.planner import GroupPlanner, prompt_key
 
 TOKEN_POLL_S = 0.05  # how often a token-streaming rollout drains the engines' chunk outboxes
+
+
+def warmup_plans(config: DartsConfig, prompts: list[str]) -> list[GroupPlan]:
+    """Plans of a warm-up step: the fixed budget round(avg_candidates * N) spread evenly, every group shortest-only
+    (L = 0). The counts differ by at most one; the remainder goes to the prompts with the smallest keys, not to the
+    first ones of the batch. The reference DAPO trainer runs its first 10 steps with 12 candidates per prompt (its
+    average) and stops each group after its first n finishes."""
+    budget = fixed_budget(len(prompts), config.avg_candidates, config.min_candidates, config.max_candidates)
+    base, extra = divmod(budget, len(prompts))  # base + 1 <= max_candidates whenever extra > 0: budget <= N * max
+    counts = [base] * len(prompts)
+    for i in sorted(range(len(prompts)), key=lambda i: prompt_key(prompts[i]))[:extra]:
+        counts[i] += 1
+    return [GroupPlan(num_candidates=m, num_keep=config.n_samples_per_prompt, num_long=0) for m in counts]
 
 
 class DartsSamplesGenerator(upstream.SamplesGenerator):
@@ -34,6 +53,8 @@ class DartsSamplesGenerator(upstream.SamplesGenerator):
         self._group_prompts: dict[int, str] = {}
         self._ref_groups: dict = {}  # generate_group ref -> its group id (token streaming releases by group)
         self._stream_chunk_tokens: int | None = None  # set while a token-streaming rollout runs
+        self.completed_steps = 0  # training steps done (upstream's global_step), set by DartsPPOTrainer
+        self._warmup = False  # this rollout is a warm-up step (--darts.warmup_steps)
         self.last_outcomes: list[GroupOutcome] = []
         self.last_metrics: dict[str, float] = {}
 
@@ -41,6 +62,7 @@ class DartsSamplesGenerator(upstream.SamplesGenerator):
         if not self.config.enable:
             return super().generate_samples(**generate_kwargs)
         self._training_rollout = True
+        self._warmup = self.completed_steps < self.config.warmup_steps
         self._allocation_seconds = 0.0
         self._planned_candidates = 0
         try:
@@ -60,9 +82,12 @@ class DartsSamplesGenerator(upstream.SamplesGenerator):
                 f"n_samples_per_prompt={n} in this rollout call differs from the DARTS config's "
                 f"{self.config.n_samples_per_prompt}; plans keep exactly --rollout.n_samples_per_prompt per prompt"
             )
-        plans = self.planner.plan(prompts)
-        self._allocation_seconds += self.planner.last_seconds
-        self._planned_candidates += self.planner.last_budget  # dynamic-filtering replacements plan again
+        if self._warmup:
+            plans = warmup_plans(self.config, list(prompts))
+        else:
+            plans = self.planner.plan(prompts)
+            self._allocation_seconds += self.planner.last_seconds
+        self._planned_candidates += sum(p.num_candidates for p in plans)  # dynamic-filtering replacements plan again
         sampling_params = upstream.rollout_sampling_params(self.args, generate_kwargs)
         max_length = generate_kwargs.get("max_len", 2048)
 
@@ -89,6 +114,7 @@ class DartsSamplesGenerator(upstream.SamplesGenerator):
                     images=image,
                     group_id=group_id,
                     stream_chunk_tokens=self._stream_chunk_tokens,
+                    truncated_rule=self.config.truncated,
                 )
             )
             if self._stream_chunk_tokens is not None:
@@ -104,7 +130,8 @@ class DartsSamplesGenerator(upstream.SamplesGenerator):
         self.last_outcomes = outcomes
         metrics = outcome_metrics(outcomes)
         metrics["darts/budget"] = float(self._planned_candidates)
-        metrics["darts/budget_cost_model"] = float(self.planner.last_budget_mode == "cost_model")
+        metrics["darts/budget_cost_model"] = float(not self._warmup and self.planner.last_budget_mode == "cost_model")
+        metrics["darts/warmup"] = float(self._warmup)
         metrics["darts/length_std_mean"] = self.planner.stats.mean_std()
         metrics["timing/darts_allocation"] = self._allocation_seconds
         self.last_metrics = metrics

@@ -26,7 +26,9 @@ def ray_cluster(reward_log):
     from openrlhf_darts import compat
 
     env = compat.ray_runtime_env({"env_vars": {"DARTS_TEST_REWARD_LOG": str(reward_log)}})
-    ray.init(num_cpus=2, num_gpus=1, runtime_env=env, include_dashboard=False, log_to_driver=False)
+    # Two logical GPUs: one for the session engine below, one for a module's own engine (test_early_abort.py starts
+    # one that admits few requests at a time, and removes it with its placement group afterwards).
+    ray.init(num_cpus=2, num_gpus=2, runtime_env=env, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

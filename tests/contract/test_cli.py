@@ -205,6 +205,17 @@ def test_invalid_combinations_raise_in_on_parsed(extra, message, monkeypatch, ca
         _parse(args + extra, monkeypatch, capsys)
 
 
+def test_a_darts_flag_without_enable_fails_naming_it(monkeypatch, capsys):
+    # The baseline script plus a DARTS flag: it would be silently ignored, so it is an error (before Ray) that names it,
+    # also when the value given is the default (derived defaults are None, so only "was it given" can tell).
+    _, args = _script_command(SCRIPTS / "train_smoke_1gpu_baseline.sh")
+    with pytest.raises(
+        ValueError, match=re.escape("--darts.max_candidates, --darts.truncated given without --darts.enable")
+    ):
+        _parse(args + ["--darts.max_candidates", "8", "--darts.truncated", "exclude"], monkeypatch, capsys)
+    assert _parse(args, monkeypatch, capsys)["darts"]["enable"] is False  # the baseline itself parses
+
+
 def test_stream_tokens_installs_the_chunk_forward_model_actors(monkeypatch, capsys):
     from openrlhf_darts import compat
 

@@ -42,7 +42,7 @@ def two_runs(tmp_path):
                 "rollout/response_length_mean": 900.0 - 10 * s,
                 "rollout/reward_mean": 0.1 * s,
                 "darts/kept_length_mean": 850.0 + s,
-                "darts/all_length_mean": 1200.0,
+                "darts/finished_length_mean": 1200.0,
             }
             for s in (1, 2, 3)
         ],
@@ -66,8 +66,8 @@ def test_jsonl_table_means_and_speedup(two_runs):
     assert "means over the 3 steps every run logged" in text
     # Speedup of total step time over the common steps: 300 s / 240 s = 1.25.
     assert "speedup darts vs baseline = 1.250x" in text
-    # Kept vs all candidates: mean(851, 852, 853) = 852 against 1200.
-    assert "darts: mean kept candidate length 852 vs all candidates 1200 tokens" in text
+    # Kept vs finished candidates: mean(851, 852, 853) = 852 against 1200.
+    assert "darts: mean kept candidate length 852 vs finished candidates 1200 tokens" in text
 
 
 def test_main_writes_table_and_plot(two_runs, tmp_path, capsys):

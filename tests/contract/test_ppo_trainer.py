@@ -145,8 +145,10 @@ def test_metrics_reach_the_logged_status_and_planner_state_survives_a_checkpoint
     # The status as upstream's fit hands it over: timing/step_total already summed from upstream's phases.
     status = {"timing/generation": 2.0, "timing/make_experience": 0.5, "timing/step_total": 2.5}
     client_states = {"episode": 0, "global_step": 1, "total_consumed_prompts": 4, "data_loader_state_dict": {}}
+    assert generator.completed_steps == 0
     trainer.save_logs_and_checkpoints(1, status, client_states)
     trainer.tensorboard_logger.close()
+    assert generator.completed_steps == 1  # upstream's global_step reaches the generator (--darts.warmup_steps)
 
     # darts/* and timing/darts_* merged in place; fixed budget: avg 1.25 n = 5 per prompt x 4 prompts = 20.
     assert status["darts/budget"] == 20 and status["darts/candidates_mean"] == 5.0
@@ -180,6 +182,7 @@ def test_metrics_reach_the_logged_status_and_planner_state_survives_a_checkpoint
     states = fresh.init_checkpoint_states()
     assert states["global_step"] == 1
     fresh.restore_best_checkpoint_state(states)
+    assert fresh.samples_generator.completed_steps == 1  # a resumed run continues its warm-up where it stopped
     assert fresh.samples_generator.planner.state_dict() == generator.planner.state_dict()
     assert fresh.samples_generator.planner.plan(PROMPTS) == generator.planner.plan(PROMPTS)
     assert fresh.best_eval_metric_value == float("-inf")  # upstream's part of the restore still ran

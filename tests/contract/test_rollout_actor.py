@@ -17,7 +17,7 @@ def _params(tokenizer, max_tokens=48):
     return SamplingParams(temperature=1.0, max_tokens=max_tokens, min_tokens=1, stop_token_ids=stop_token_ids(tokenizer))
 
 
-def _run_group(ray_cluster, engine, tokenizer, plan, max_tokens=48):
+def _run_group(ray_cluster, engine, tokenizer, plan, max_tokens=48, **extra):
     responses = ray_cluster.get(
         engine.generate_group.remote(
             prompt=PROMPT,
@@ -27,6 +27,7 @@ def _run_group(ray_cluster, engine, tokenizer, plan, max_tokens=48):
             hf_tokenizer=tokenizer,
             plan=plan,
             group_id=7,
+            **extra,
         )
     )
     records = ray_cluster.get(engine.pop_group_outcomes.remote())
@@ -87,6 +88,32 @@ def test_dual_end_keeps_k_shortest_and_l_longest(ray_cluster, darts_engine, toke
         # Enough untruncated candidates: none of the kept is truncated (spec 3(b)).
         assert not any(outcome.truncated[i] for i in outcome.kept)
     assert count_lines(reward_log) - calls_before == 6
+
+
+def test_long_end_keeps_truncated_candidates_as_the_long_end(ray_cluster, darts_engine, tokenizer, reward_log):
+    # --darts.truncated long_end: capped candidates rank longest. With a 12-token cap the tiny model (stops ~4% a
+    # step) runs into the cap in about 0.96^12 = 61% of candidates, so a group of 10 has truncated ones.
+    plan = GroupPlan(num_candidates=10, num_keep=6, num_long=2)
+    calls_before = count_lines(reward_log)
+    responses, outcome = _run_group(
+        ray_cluster, darts_engine, tokenizer, plan, max_tokens=12, truncated_rule="long_end"
+    )
+    truncated = [j for j in range(10) if outcome.truncated[j]]
+    valid = sorted((outcome.lengths[j], j) for j in range(10) if not outcome.truncated[j])
+    # Precondition: at least L = 2 truncated and K = 4 valid candidates.
+    assert len(truncated) >= 2 and len(valid) >= 4, (outcome.lengths, outcome.truncated)
+    assert outcome.truncated_rule == "long_end" and outcome.num_aborted == 0
+    # L = 2 longest by (truncated, length, index): the two truncated of highest index; K = 4 shortest valid.
+    expected = sorted(truncated[-2:] + [j for _, j in valid[:4]])
+    assert list(outcome.kept) == expected, (outcome.lengths, outcome.truncated)
+    assert [_response_length(r) for r in responses] == list(outcome.kept_lengths)
+    assert all(r["truncated"] for r, j in zip(responses, outcome.kept) if outcome.truncated[j])
+    assert count_lines(reward_log) - calls_before == 6
+
+
+def test_unknown_truncated_rule_is_rejected(ray_cluster, darts_engine, tokenizer):
+    with pytest.raises(ValueError, match=r"truncated_rule='longest' is not one of \('exclude', 'long_end'\)"):
+        _run_group(ray_cluster, darts_engine, tokenizer, GroupPlan.uniform(2), truncated_rule="longest")
 
 
 def test_pass_through_plan_keeps_every_candidate(ray_cluster, darts_engine, tokenizer):

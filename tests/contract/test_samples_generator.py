@@ -67,3 +67,55 @@ def test_darts_composes_with_dynamic_filtering(ray_cluster, darts_engine, tokeni
     # Every dispatched group (kept or filtered out) reported an outcome.
     assert len(generator.last_outcomes) == consumed
     assert ray_cluster.get(darts_engine.get_num_unfinished_requests.remote()) == 0
+
+
+def test_warmup_steps_plan_an_even_shortest_only_batch_then_hand_over_to_the_planner(
+    ray_cluster, darts_engine, tokenizer
+):
+    from types import SimpleNamespace
+
+    from openrlhf_darts.core.types import GroupPlan
+    from openrlhf_darts.trainer.samples_generator import DartsSamplesGenerator
+
+    # --darts.warmup_steps 1 with dual-end selection (L = 1), n = 4, 3 prompts per step.
+    flags = {"enable": True, "selection": "dual_end", "num_long": 1, "warmup_steps": 1}
+    args = rollout_args(n=4, batch_size=3, darts=flags)
+    config = DartsConfig.from_args(args)
+    generator = DartsSamplesGenerator(
+        SimpleNamespace(args=args), prompt_batches(PROMPTS, 3), None, tokenizer, [darts_engine], config
+    )
+    kwargs = dict(temperature=1.0, top_p=1.0, max_new_tokens=40, max_len=512)
+
+    samples, _, consumed, _ = generator.generate_samples(**kwargs)  # step 1 of 1 warm-up step
+    assert consumed == 3 and len(samples) == 12
+    # Fixed budget round(1.25 n * 3) = 15, spread evenly: 5 each; every group shortest-only despite dual_end.
+    assert [o.plan for o in generator.last_outcomes] == [GroupPlan(5, 4, 0)] * 3
+    metrics = generator.pop_metrics()
+    assert metrics["darts/warmup"] == 1.0 and metrics["darts/shortest_only_ratio"] == 1.0
+    assert metrics["darts/budget"] == 15
+    assert len(generator.planner.stats) == 3  # the warm-up outcomes still fed the length statistics
+
+    generator.completed_steps = 1  # what DartsPPOTrainer sets after upstream's first training step
+    samples, _, consumed, _ = generator.generate_samples(**kwargs)
+    assert consumed == 3 and len(samples) == 12
+    # Warm-up over: the planner plans. Three unseen prompts get the mean spread, so equal weights: 15 / 3 = 5 each,
+    # below M_up = 8, so not pruned: L = 1.
+    assert [o.plan for o in generator.last_outcomes] == [GroupPlan(5, 4, 1)] * 3
+    assert generator.pop_metrics()["darts/warmup"] == 0.0
+    assert ray_cluster.get(darts_engine.get_num_unfinished_requests.remote()) == 0
+
+
+def test_warmup_remainder_follows_the_prompt_not_the_batch_position():
+    from openrlhf_darts.trainer.planner import prompt_key
+    from openrlhf_darts.trainer.samples_generator import warmup_plans
+
+    # n = 4, avg 4.5 in [4, 8]: 3 prompts -> round(13.5) = 14 candidates = 4 each + 2 left over, which go to the two
+    # prompts with the smallest keys, wherever they sit in the batch.
+    config = DartsConfig.from_flags({"enable": True, "avg_candidates": 4.5}, 4)
+    prompts = PROMPTS[:3]
+    counts = {p: plan.num_candidates for p, plan in zip(prompts, warmup_plans(config, prompts))}
+    assert sum(counts.values()) == 14 and sorted(counts.values()) == [4, 5, 5]
+    assert sorted(p for p in prompts if counts[p] == 5) == sorted(sorted(prompts, key=prompt_key)[:2])
+    reversed_batch = prompts[::-1]
+    assert {p: plan.num_candidates for p, plan in zip(reversed_batch, warmup_plans(config, reversed_batch))} == counts
+    assert all(plan.num_long == 0 for plan in warmup_plans(config, prompts))

@@ -275,6 +275,8 @@ def test_flags_parse_into_dotted_dests_and_build_the_same_config():
     add_darts_arguments(parser)
     flat = parser.parse_args(["--darts.enable", "--darts.max_candidates", "12", "--darts.selection", "shortest"])
     darts = {key.split(".", 1)[1]: value for key, value in vars(flat).items()}
+    # The actions record what the command line gave, by canonical name, in order.
+    assert darts.pop("_given") == ("--darts.enable", "--darts.max_candidates", "--darts.selection")
     config = DartsConfig.from_flags(darts, 8)
     # max 12 given; min = n = 8; average 1.25 * 8 = 10 lies in [8, 12]; shortest -> L = 0.
     assert (config.min_candidates, config.max_candidates, config.avg_candidates, config.num_long) == (8, 12, 10.0, 0)
@@ -282,6 +284,52 @@ def test_flags_parse_into_dotted_dests_and_build_the_same_config():
     fields = set(config.to_dict()) - {"n_samples_per_prompt"}
     assert set(darts) == fields
     assert {row[0] for row in flag_table()} == {f"--darts.{name}" for name in fields}
+
+
+def _parsed(argv: list[str], n: int = 8) -> SimpleNamespace:
+    """argv through a parser with the DARTS group, hierarchized the way upstream's `hierarchize` does it."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_darts_arguments(parser)
+    flat = parser.parse_args(argv)
+    darts = {key.split(".", 1)[1]: value for key, value in vars(flat).items()}
+    args = _args(n)
+    args.darts = SimpleNamespace(**darts)
+    return args
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["--darts.max_candidates", "12"], "--darts.max_candidates"),
+        # Spelling out a default, or a derived default's value, is still a flag given without DARTS.
+        (["--darts.selection", "dual_end"], "--darts.selection"),
+        (["--darts.stream"], "--darts.stream"),
+        # An abbreviation is reported by its full name.
+        (["--darts.warmup", "3", "--darts.trunc", "long_end"], "--darts.warmup_steps, --darts.truncated"),
+    ],
+)
+def test_a_darts_flag_without_enable_is_an_error_naming_it(argv, named):
+    with pytest.raises(ValueError) as error:
+        DartsConfig.from_args(_parsed(argv))
+    assert str(error.value).startswith(f"{named} given without --darts.enable")
+    assert "add --darts.enable or drop them" in str(error.value)
+
+
+def test_no_darts_flag_and_enable_with_flags_are_accepted():
+    assert not DartsConfig.from_args(_parsed([])).enable  # a baseline run: nothing given
+    config = DartsConfig.from_args(
+        _parsed(["--darts.enable", "--darts.warmup_steps", "10", "--darts.truncated", "long_end"])
+    )
+    assert (config.enable, config.warmup_steps, config.truncated) == (True, 10, "long_end")
+
+
+def test_truncated_rule_and_warmup_defaults_and_ranges():
+    config = DartsConfig.from_args(_args())
+    assert (config.truncated, config.warmup_steps) == ("exclude", 0)
+    _rejects(_args(darts={"warmup_steps": -1}), "--darts.warmup_steps=-1 must be an integer >= 0")
+    _rejects(_args(darts={"truncated": "keep"}), "--darts.truncated='keep' is not one of exclude, long_end")
 
 
 def test_argparse_rejects_unknown_choice_with_the_choices():

@@ -131,6 +131,51 @@ def test_shortest_only_keeps_the_num_keep_shortest(group):
         assert max(lengths[j] for j in kept) <= min(dropped)
 
 
+# ---- truncated candidates ranked as the longest (--darts.truncated long_end, the reference code's behaviour)
+
+
+def test_hand_example_long_end():
+    # Index 3 is truncated at 20. long_end order by (truncated, length, index): (0,3,2) (0,5,0) (0,7,4) (0,9,1)
+    # (1,20,3). num_keep=3, num_long=1: K=2 shortest -> 2, 0; L=1 longest -> 3 (the truncated one). Ascending [0,2,3].
+    lengths, truncated = [5, 9, 3, 20, 7], [False, False, False, True, False]
+    assert select_dual_end(lengths, truncated, 3, 1, "long_end") == [0, 2, 3]
+    # exclude drops it: valid (3,2) (5,0) (7,4) (9,1) -> K=2: 2, 0; L=1: 1 -> [0, 1, 2].
+    assert select_dual_end(lengths, truncated, 3, 1, "exclude") == [0, 1, 2]
+    # Shortest-only: the truncated candidate is the longest, so it is kept only when everything else is: keep 3 of
+    # (3,2) (5,0) (7,4) ... -> [0, 2, 4]; keep 5 -> all of them.
+    assert select_dual_end(lengths, truncated, 3, 0, "long_end") == [0, 2, 4]
+    assert select_dual_end(lengths, truncated, 5, 0, "long_end") == [0, 1, 2, 3, 4]
+
+
+def test_long_end_prefers_the_truncated_candidate_of_highest_index_for_the_long_end():
+    # Two truncated at the cap 30 (indices 0 and 2): (1,30,2) orders last, so L=1 keeps index 2.
+    assert select_dual_end([30, 4, 30, 6], [True, False, True, False], 2, 1, "long_end") == [1, 2]
+
+
+@given(groups())
+def test_long_end_kept_is_k_shortest_plus_l_longest_by_truncation_then_length(group):
+    lengths, truncated, num_keep, num_long = group
+    kept = set(select_dual_end(lengths, truncated, num_keep, num_long, "long_end"))
+    assert len(kept) == num_keep
+
+    def rank(j):
+        return (truncated[j], lengths[j], j)
+
+    # Every dropped candidate lies strictly between the ends: exactly K kept order before it and L after it.
+    for x in range(len(lengths)):
+        if x not in kept:
+            before = sum(1 for j in kept if rank(j) < rank(x))
+            assert (before, len(kept) - before) == (num_keep - num_long, num_long)
+    # Without truncated candidates the two rules agree.
+    if not any(truncated):
+        assert sorted(kept) == select_dual_end(lengths, truncated, num_keep, num_long, "exclude")
+
+
+def test_select_rejects_an_unknown_truncated_rule():
+    with pytest.raises(ValueError, match=r"truncated_rule='keep' is not one of \['exclude', 'long_end'\]"):
+        select_dual_end([1, 2], [False, False], 1, 0, "keep")
+
+
 @pytest.mark.parametrize(
     "kwargs, error, needle",
     [
@@ -166,16 +211,17 @@ def plan_for(lengths, num_keep, num_long):
     return GroupPlan(len(lengths), num_keep, num_long)
 
 
-@given(groups(), st.randoms(use_true_random=True))
-def test_online_kept_equals_offline_for_any_finish_order(group, rnd):
+@pytest.mark.parametrize("rule", ["exclude", "long_end"])
+@given(group=groups(), rnd=st.randoms(use_true_random=True))
+def test_online_kept_equals_offline_for_any_finish_order(rule, group, rnd):
     lengths, truncated, num_keep, num_long = group
     order = list(range(len(lengths)))
     rnd.shuffle(order)
-    selector = GroupSelector(plan_for(lengths, num_keep, num_long))
+    selector = GroupSelector(plan_for(lengths, num_keep, num_long), rule)
     for j in order:
         selector.on_finish(j, lengths[j], truncated[j])
     assert selector.done and selector.num_finished == len(lengths)
-    assert selector.kept() == select_dual_end(lengths, truncated, num_keep, num_long)
+    assert selector.kept() == select_dual_end(lengths, truncated, num_keep, num_long, rule)
 
 
 @given(groups(), st.randoms(use_true_random=True))
@@ -269,6 +315,25 @@ def test_hand_example_online_shortest_only():
     assert selector.can_abort() and selector.release_length() == 6
     assert selector.kept() == [0, 3]
     assert not selector.done and selector.num_finished == 3
+
+
+def test_hand_example_online_long_end():
+    # Plan (5 candidates, keep 2, shortest-only), long_end: a truncated finish counts as a stop, so two stops of any
+    # kind release the group; the longest finish ranks truncated ones last.
+    selector = GroupSelector(GroupPlan(5, 2, 0), "long_end")
+    selector.on_finish(1, 10, True)
+    assert not selector.can_abort()  # 1 stop < 2
+    selector.on_finish(3, 4, False)
+    assert selector.can_abort() and selector.kept() == [1, 3]
+    assert selector.longest_key() == (1, 10, 1) and selector.ranked_finishes() == [(0, 4, 3), (1, 10, 1)]
+    assert selector.release_key() is None  # only one valid finish: no length bound, the release is by count
+    # exclude on the same finishes: the truncated one neither counts nor competes for the long end.
+    selector = GroupSelector(GroupPlan(5, 2, 0), "exclude")
+    selector.on_finish(1, 10, True)
+    selector.on_finish(3, 4, False)
+    assert not selector.can_abort() and selector.longest_key() == (0, 4, 3)
+    selector.on_finish(0, 4, False)
+    assert selector.release_key() == (4, 3) and selector.ranked_finishes() == [(0, 4, 0), (0, 4, 3)]
 
 
 def test_dual_end_never_aborts():

@@ -1,9 +1,13 @@
 """Pure streaming rules: global indexing, wave cutting, token-chunk eligibility and chunk spans."""
 
+import itertools
+import random
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from openrlhf_darts.core.selection import select_dual_end
 from openrlhf_darts.core.streaming import WaveScheduler, chunk_eligible, chunk_spans, sample_index
 
 pytestmark = pytest.mark.unit
@@ -85,26 +89,88 @@ def test_waves_reassemble_upstreams_micro_batches(n, prompts, mb, dp, missing):
 
 # ---- token chunks --------------------------------------------------------------------------------------------------
 def test_chunk_eligible_hand_cases():
-    # Dual-end group, M' = 10, n = 8, L = 1: eligible once 10 - 1 = 9 finished (the running one is the longest).
-    assert not chunk_eligible(10, 8, 1, 8)
-    assert chunk_eligible(10, 8, 1, 9)
+    # Dual-end group, M' = 10, n = 8, L = 1. Nine finished; the longest valid finish is (30, 4) -> key (0, 30, 4).
+    finished = [(0, length, j) for j, length in zip([0, 1, 2, 3, 4, 5, 6, 7, 8], [5, 9, 3, 7, 30, 11, 2, 8, 6])]
+    assert chunk_eligible(10, 8, 1, 1, (31, 9), finished)  # 31 > 30: nothing can end above it
+    assert chunk_eligible(10, 8, 1, 1, (30, 9), finished)  # a tie at 30, and index 9 > 4 orders after
+    # A sibling that waited in the queue and runs last, at 12 tokens, could still end at 12 < 30: not yet the long end.
+    assert not chunk_eligible(10, 8, 1, 1, (12, 9), finished)
+    # Two still running (the other one may end longer) with L = 1: neither is certain.
+    assert not chunk_eligible(10, 8, 1, 2, (31, 8), finished[:8])
+    # L = 2, two running, nothing finished above 31: both fit in the long end.
+    assert chunk_eligible(10, 8, 2, 2, (31, 8), finished[:8])
+    # L = 2, one running at 12 tokens, one finish (30) above it: 0 others + 1 above < 2 -> certain.
+    assert chunk_eligible(10, 8, 2, 1, (12, 9), finished)
+    # long_end: a truncated finish (1, 40, 3) ranks above any running candidate, so with L = 1 none is certain.
+    assert not chunk_eligible(4, 3, 1, 1, (39, 0), [(0, 5, 1), (0, 6, 2), (1, 40, 3)])
     # M' = n: nothing is dropped, every candidate is kept from the start.
-    assert chunk_eligible(8, 8, 0, 0)
+    assert chunk_eligible(8, 8, 0, 8, (0, 0), [])
     # Shortest-only with surplus: any running candidate may still be aborted.
-    assert not chunk_eligible(12, 8, 0, 11)
+    assert not chunk_eligible(12, 8, 0, 1, (50, 11), [(0, 1, j) for j in range(11)])
+    with pytest.raises(ValueError, match="num_running=3 must lie in"):
+        chunk_eligible(4, 3, 1, 3, (1, 0), [(0, 1, 1), (0, 1, 2)])
 
 
-@given(st.integers(1, 16), st.data())
-def test_chunk_eligibility_means_the_running_candidates_are_kept(num_candidates, data):
-    num_keep = data.draw(st.integers(1, num_candidates))
-    num_long = data.draw(st.integers(0, num_keep - 1))
-    num_finished = data.draw(st.integers(0, num_candidates))
-    running = num_candidates - num_finished
-    eligible = chunk_eligible(num_candidates, num_keep, num_long, num_finished)
-    # Without truncation, the running candidates are the longest `running` ones; the kept set contains them iff they
-    # all fit in the long end (running <= L) or nothing is dropped (M' == n).
-    certain = num_candidates == num_keep or (num_long > 0 and running <= num_long)
-    assert eligible == certain
+CAP = 5  # brute force: valid lengths 1..CAP-1, a truncated candidate stops at CAP
+
+
+def decode_stream_case(raw: bytes):
+    """A dual-end or shortest-only group mid-flight, from 18 bytes: finished candidates (length, truncated) and
+    running ones (progress <= CAP - 2, so any sibling can still end above any running candidate)."""
+    num_candidates = 2 + raw[0] % 4
+    num_keep = 1 + raw[1] % num_candidates
+    num_long = raw[2] % num_keep
+    rule = ("exclude", "long_end")[raw[3] % 2]
+    num_running = 1 + raw[4] % num_candidates
+    running = sorted(random.Random(raw[5]).sample(range(num_candidates), num_running))
+    finished = {
+        j: (CAP, True) if raw[6 + j] >= 200 else (1 + raw[6 + j] % (CAP - 1), False)
+        for j in range(num_candidates)
+        if j not in running
+    }
+    progress = {j: raw[12 + k] % (CAP - 1) for k, j in enumerate(running)}
+    return num_candidates, num_keep, num_long, rule, finished, progress
+
+
+def completions(progress, rule_allows_truncated_r, r):
+    """Every way the running candidates can end: valid at a length >= their progress, or truncated at CAP."""
+    options = []
+    for j, g in progress.items():
+        ends = [(length, False) for length in range(max(1, g), CAP)]
+        if j != r or rule_allows_truncated_r:
+            ends.append((CAP, True))
+        options.append([(j, end) for end in ends])
+    return itertools.product(*options)
+
+
+@given(st.binary(min_size=18, max_size=18).map(decode_stream_case))
+def test_chunk_eligibility_against_brute_force(case):
+    num_candidates, num_keep, num_long, rule, finished, progress = case
+    if rule == "exclude":
+        ranked = sorted((0, length, j) for j, (length, cut) in finished.items() if not cut)
+    else:
+        ranked = sorted((int(cut), length, j) for j, (length, cut) in finished.items())
+    for r, g in progress.items():
+        eligible = chunk_eligible(num_candidates, num_keep, num_long, len(progress), (g, r), ranked)
+        # Under exclude, eligibility promises nothing for a candidate that ends truncated (documented caveat).
+        kept_always, long_end_always = True, True
+        for ends in completions(progress, rule == "long_end", r):
+            final = {**finished, **dict(ends)}
+            lengths = [final[j][0] for j in range(num_candidates)]
+            cut = [final[j][1] for j in range(num_candidates)]
+            kept_always &= r in select_dual_end(lengths, cut, num_keep, num_long, rule)
+            competing = sorted(
+                (int(cut[j]), lengths[j], j) for j in range(num_candidates) if rule == "long_end" or not cut[j]
+            )
+            long_end_always &= r in [key[2] for key in competing[len(competing) - num_long :]] if num_long else False
+            if not (kept_always or long_end_always):
+                break  # both already refuted
+        if eligible:
+            assert kept_always  # sound: a streamed candidate is kept whatever its siblings do
+        if num_candidates > num_keep and num_long > 0:
+            assert eligible == long_end_always  # exact: certain to be among the L longest, not assuming lockstep
+        if num_candidates == num_keep:
+            assert eligible and kept_always
 
 
 def test_chunk_spans_hand_case():

@@ -266,3 +266,62 @@ def test_from_dict_rejects_bad_dicts():
         GroupOutcome.from_dict({**data, "decisions": ["dropped", "keep", "keep", "not_selected"]})
     with pytest.raises(ValueError, match="num_keep=5 exceeds num_candidates=4"):
         GroupOutcome.from_dict({**data, "plan": {"num_candidates": 4, "num_keep": 5, "num_long": 1}})
+
+
+# ---- --darts.truncated: the rule is recorded, and long_end keeps truncated candidates as the longest
+
+
+def test_long_end_outcome_keeps_a_truncated_long_end_and_records_the_rule():
+    # Plan (4, keep 2, long 1); candidate 2 truncated at 30. long_end order (0,5,0) (0,7,3) (0,9,1) (1,30,2):
+    # K=1 -> 0, L=1 -> 2, so the truncated candidate is the long sample though 3 valid ones finished.
+    plan = GroupPlan(4, 2, 1)
+    results = [CandidateResult(j, length, j == 2, False) for j, length in enumerate([5, 9, 30, 7])]
+    outcome = GroupOutcome.from_results(plan, results, truncated_rule="long_end")
+    assert outcome.kept == (0, 2) and not outcome.underfilled and outcome.truncated_rule == "long_end"
+    assert outcome.to_dict()["truncated_rule"] == "long_end"
+    assert GroupOutcome.from_dict(json.loads(json.dumps(outcome.to_dict()))) == outcome
+    # The same record under exclude is rejected: a truncated candidate kept while enough valid ones finished.
+    with pytest.raises(ValueError, match="includes a truncated candidate although 3 untruncated"):
+        dataclasses.replace(outcome, truncated_rule="exclude")
+    # A dual-end long_end record must be the selection: keeping the valid 9 instead of the truncated 30 is wrong.
+    with pytest.raises(ValueError, match=r"kept=\(0, 1\) but truncated_rule='long_end' keeps \(0, 2\)"):
+        dataclasses.replace(
+            outcome,
+            kept=(0, 1),
+            decisions=(Decision.KEEP, Decision.KEEP, Decision.TRUNCATED, Decision.NOT_SELECTED),
+        )
+    with pytest.raises(ValueError, match="truncated_rule='drop' is not one of"):
+        dataclasses.replace(outcome, truncated_rule="drop")
+
+
+def test_long_end_shortest_only_takes_the_engines_kept_set():
+    # Plan (3, keep 1, shortest-only), long_end: candidate 2 stopped first (truncated, 12); candidate 0 finished at
+    # 4 while its abort was in flight. The first to stop is kept, which the results cannot tell: kept= is required.
+    plan = GroupPlan(3, 1, 0)
+    results = [
+        CandidateResult(0, 4, False, False),
+        CandidateResult(1, 3, False, True),
+        CandidateResult(2, 12, True, False),
+    ]
+    with pytest.raises(ValueError, match="keeps the first num_keep=1 to stop; pass the engine's kept set"):
+        GroupOutcome.from_results(plan, results, truncated_rule="long_end")
+    outcome = GroupOutcome.from_results(plan, results, truncated_rule="long_end", kept=[2])
+    assert outcome.kept == (2,) and outcome.decisions == (Decision.NOT_SELECTED, Decision.ABORTED, Decision.KEEP)
+
+
+def test_from_results_checks_the_engines_kept_set():
+    # exclude, plan (3, keep 1, shortest-only): the shortest valid is candidate 1 (3 tokens), not candidate 0.
+    plan = GroupPlan(3, 1, 0)
+    results = [CandidateResult(j, length, False, False) for j, length in enumerate([4, 3, 9])]
+    assert GroupOutcome.from_results(plan, results, kept=[1]).kept == (1,)
+    with pytest.raises(
+        ValueError, match=r"kept=\(0,\) differs from the selection over the finished candidates, \(1,\)"
+    ):
+        GroupOutcome.from_results(plan, results, kept=[0])
+
+
+def test_from_dict_reads_records_written_before_the_truncated_rule():
+    # Saved benchmark reports predate --darts.truncated; "exclude" was the only rule then.
+    data = base_outcome().to_dict()
+    del data["truncated_rule"]
+    assert GroupOutcome.from_dict(data) == base_outcome()
