@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 
 from openrlhf_darts.bench import tasks
-from openrlhf_darts.local.sft import DIFFICULTIES, mixed_problems
+from openrlhf_darts.local.inputs import policy_path, write_problems
+from openrlhf_darts.local.sft import DIFFICULTIES
 
 DEFAULT_DARTS_FLAGS = ["--darts.enable", "--darts.selection", "dual_end"]
 COLUMNS = (
@@ -102,16 +103,6 @@ def plot(runs: dict[str, list[dict]], path: Path) -> None:
     plt.close(fig)
 
 
-def resolve_policy(model: str) -> str:
-    if model == "tiny-verbose":
-        from openrlhf_darts.local.sft import ensure_verbose_model
-
-        return ensure_verbose_model()
-    from openrlhf_darts.models import resolve_model
-
-    return resolve_model(model)
-
-
 def build_argv(args, model_path: str, data_path: Path) -> list[str]:
     """Upstream flags shared by both runs (the DARTS run adds only --darts.* lines)."""
     n, prompts = args.n_samples_per_prompt, args.prompts_per_step
@@ -140,7 +131,8 @@ def build_argv(args, model_path: str, data_path: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
+    """The comparison's flags; its defaults are the local mode's settings (examples/scripts/common_smoke_cpu.sh)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny-verbose", help="tiny-verbose (default), smollm2, tiny, or a folder")
     parser.add_argument("--steps", type=int, default=4, help="training steps per run")
@@ -156,7 +148,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out_dir", default="runs/local_compare")
     parser.add_argument("--only", choices=("baseline", "darts"), default=None, help="run one side only")
     parser.add_argument("--verbose", action="store_true", help="show Ray actor logs")
-    args, extra = parser.parse_known_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, extra = build_parser().parse_known_args(argv)
     darts_flags = DEFAULT_DARTS_FLAGS
     if "--darts_flags" in extra:
         cut = extra.index("--darts_flags")
@@ -168,10 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     out = Path(args.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    model_path = resolve_policy(args.model)
-    data_path = out / "problems.jsonl"
-    problems = mixed_problems(args.steps * args.prompts_per_step, args.seed, args.difficulty)
-    data_path.write_text("".join(json.dumps({"prompt": p["prompt"], "label": p["answer"]}) + "\n" for p in problems))
+    model_path = policy_path(args.model)
+    data_path = write_problems(out / "problems.jsonl", args.steps * args.prompts_per_step, args.seed, args.difficulty)
     shared = build_argv(args, model_path, data_path) + extra
 
     sides = {"baseline": [], "darts": darts_flags}
