@@ -117,6 +117,9 @@ EOF
 
 prepare_munge() {
     id munge >/dev/null 2>&1 || die "user munge does not exist; the munge package creates it (apt-get install munge)"
+    runuser -u munge -- test -x "${DIR}" ||
+        die "munged runs as user munge, which cannot enter ${DIR}; set SLURM_LOCAL_DIR to a folder whose parents" \
+            "others may enter (the default is under /tmp)"
     mkdir -p "${DIR}/munge" "${DIR}/munge-run"
     # munged refuses a key or directories that others can write or read; the socket directory must be searchable.
     chown munge:munge "${DIR}/munge" "${DIR}/munge-run"

@@ -232,31 +232,36 @@ HEAD_ARGS=(--head --node-ip-address="${HEAD_IP}" --port="${RAY_PORT}" --dashboar
     --dashboard-port="${DASHBOARD_PORT}" --ray-client-server-port="${RAY_CLIENT_PORT}" "${RAY_COMMON[@]}")
 run_ray_node "${HEAD}" "${HEAD_ARGS[@]}"
 HEAD_SRUN=$!
-# The head is up when its dashboard answers (it serves `ray job submit`). A head that exits before that is started
-# again, twice at most: on a busy node Ray 2.55's client server gives up after 30 s waiting for the head's own node to
-# register (behind the dashboard's start), and `ray start --block` then stops everything.
+# The head is up when its dashboard answers (it serves `ray job submit`) and its Ray client server listens. The client
+# server is the one part that can still fail after the dashboard answers: on a busy node Ray 2.55's client server gives
+# up after 30 s waiting for the head's own node to register (behind the dashboard's start), and `ray start --block` then
+# stops everything. Once it listens it is past that wait. A head that exits first is started again, twice at most.
+HEAD_READY="import socket, urllib.request
+urllib.request.urlopen('http://127.0.0.1:${DASHBOARD_PORT}/api/version', timeout=5)
+# ray start writes the head's address (the node IP Ray chose) here once the node is up
+ip = open('${RAY_TEMP_DIR}/ray_current_cluster').read().strip().rsplit(':', 1)[0]
+socket.create_connection((ip, ${RAY_CLIENT_PORT}), timeout=5).close()"
 head_tries=1
 deadline=$((SECONDS + HEAD_WAIT_S))
-until on_head "${PYTHON}" -c "import urllib.request
-urllib.request.urlopen('http://127.0.0.1:${DASHBOARD_PORT}/api/version', timeout=5)" 2>/dev/null; do
+until on_head "${PYTHON}" -c "${HEAD_READY}" 2>/dev/null; do
     if ! kill -0 "${HEAD_SRUN}" 2>/dev/null; then
         if ((head_tries == 3)); then
-            echo "the Ray head on ${HEAD} exited ${head_tries} times before its dashboard answered; see its ray" \
-                "start output above" >&2
+            echo "the Ray head on ${HEAD} exited ${head_tries} times while starting; see its ray start output above" >&2
             exit 1
         fi
         head_tries=$((head_tries + 1))
-        echo "the Ray head on ${HEAD} exited before its dashboard answered; starting it again (try ${head_tries})"
+        echo "the Ray head on ${HEAD} exited while starting; starting it again (try ${head_tries} of 3)"
         run_ray_node "${HEAD}" "${HEAD_ARGS[@]}"
         HEAD_SRUN=$!
     fi
     if ((SECONDS > deadline)); then
-        echo "the Ray head's dashboard (${HEAD}:${DASHBOARD_PORT}) did not answer within ${HEAD_WAIT_S} s" \
-            "(HEAD_WAIT_S); see its ray start output above" >&2
+        echo "the Ray head (${HEAD}, dashboard port ${DASHBOARD_PORT}, client port ${RAY_CLIENT_PORT}) was not up" \
+            "within ${HEAD_WAIT_S} s (HEAD_WAIT_S); see its ray start output above" >&2
         exit 1
     fi
     sleep 2
 done
+echo "Ray head up"
 for node in "${NODES[@]:1}"; do
     run_ray_node "${node}" --address="${HEAD_IP}:${RAY_PORT}" "${RAY_COMMON[@]}"
 done

@@ -108,7 +108,10 @@ class _StepProgress(threading.Thread):
     def run(self) -> None:
         from tqdm import tqdm
 
-        bar = tqdm(total=self.total, desc=self.desc, unit="step", file=sys.stderr, dynamic_ncols=True)
+        # With the records echoed into a log (stderr not a terminal, e.g. a Ray job's log), they are the progress; a
+        # bar would only interleave carriage-return fragments with them.
+        quiet = self.echo is not None and not sys.stderr.isatty()
+        bar = tqdm(total=self.total, desc=self.desc, unit="step", file=sys.stderr, dynamic_ncols=True, disable=quiet)
         seen = 0
         while True:
             finished = self.done.wait(1.0)

@@ -23,6 +23,7 @@ import re
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -62,11 +63,13 @@ def _pid(path: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
+def slurm():
     """A one-node Slurm cluster from scripts/slurm_local.sh, on free ports, in a folder of its own; down afterwards."""
     if os.geteuid() != 0:
         _skip_or_fail("the one-node Slurm cluster needs root (apt, daemons without systemd)")
-    folder = tmp_path_factory.mktemp("slurm")
+    # Not under pytest's tmp folder: munged runs as user munge, which cannot enter root's 0700 pytest folders.
+    folder = Path(tempfile.mkdtemp(prefix="darts-slurm-", dir="/tmp"))
+    folder.chmod(0o755)
     ctld_port, slurmd_port = _free_ports(2)
     env = {
         **os.environ,
@@ -78,6 +81,7 @@ def slurm(tmp_path_factory):
     up = subprocess.run(["bash", str(LOCAL_CLUSTER), "up"], env=env, capture_output=True, text=True, timeout=1200)
     if up.returncode != 0:
         subprocess.run(["bash", str(LOCAL_CLUSTER), "down"], env=env, capture_output=True, timeout=300)
+        shutil.rmtree(folder, ignore_errors=True)
         _skip_or_fail(f"scripts/slurm_local.sh up failed (exit {up.returncode}): {up.stderr[-2000:]}")
     env["SLURM_CONF"] = str(folder / "slurm.conf")
     pids = {name: _pid(folder / "run" / f"{name}.pid") for name in ("munged", "slurmctld", "slurmd")}
@@ -86,6 +90,7 @@ def slurm(tmp_path_factory):
     assert down.returncode == 0, down.stderr
     for name, pid in pids.items():
         assert not Path(f"/proc/{pid}").exists(), f"{name} (pid {pid}) still runs after `slurm_local.sh down`"
+    shutil.rmtree(folder)
 
 
 def _job_fields(env: dict, job_id: str) -> dict[str, str]:
@@ -152,6 +157,12 @@ def _sbatch(slurm, tmp_path: Path, script: str, *sbatch_args: str, timeout: int 
     out_file = tmp_path / f"slurm-{job_id}.out"
     log_file = tmp_path / "logs" / f"{Path(script).stem}-{job_id}.log"
     try:
+        # What Ray shipped as the job's working_dir, as unpacked on the node: top-level names and bytes.
+        shipped = {}
+        for package in Path(temp_dir).glob("session_*/runtime_resources/working_dir_files/_ray_pkg_*"):
+            if package.is_dir():
+                files = [f for f in package.rglob("*") if f.is_file()]
+                shipped = {"names": {p.name for p in package.iterdir()}, "bytes": sum(f.stat().st_size for f in files)}
         # Ray's ports are free again and no process of the job is left (a few seconds of grace for exiting ones).
         for _ in range(20):
             left = _job_processes(job_id, temp_dir)
@@ -169,6 +180,7 @@ def _sbatch(slurm, tmp_path: Path, script: str, *sbatch_args: str, timeout: int 
         log=log_file.read_text() if log_file.is_file() else None,
         left=left,
         busy_ports=busy,
+        shipped=shipped,
         wall_s=wall_s,
         env=env,
     )
@@ -179,7 +191,9 @@ def _sbatch(slurm, tmp_path: Path, script: str, *sbatch_args: str, timeout: int 
 
 def test_cpu_smoke_job_runs_through_the_launcher(slurm, tmp_path):
     job = _sbatch(slurm, tmp_path, SMOKE)
-    records = [json.loads(m.group(1)) for m in re.finditer(re.escape(STEP_RECORD_PREFIX) + r"(\{.*\})", job.log or "")]
+    lines = (job.log or "").splitlines()
+    records = [json.loads(line[len(STEP_RECORD_PREFIX) :]) for line in lines if line.startswith(STEP_RECORD_PREFIX)]
+    assert sum(STEP_RECORD_PREFIX in line for line in lines) == len(records)  # each record on a line of its own
     print(f"\nsbatch --wait wall time: {job.wall_s:.0f} s (job {job.id})")
     for record in records:
         darts = {k: v for k, v in record.items() if k.startswith("darts/")}
@@ -192,16 +206,22 @@ def test_cpu_smoke_job_runs_through_the_launcher(slurm, tmp_path):
 
     # The job ran on the project's .venv Python and local mode attached to the job's Ray cluster.
     assert f"local.train: {REPO}/.venv/bin/python, attaching to the Ray cluster at RAY_ADDRESS=" in job.log
-    # Ray shipped the repository (the working_dir package), small: .venv, .git, runs and data stay out.
-    shipped = re.search(r"Pushing file package 'gcs://_ray_pkg_\w+\.zip' \(([\d.]+)MiB\)", job.out + job.log)
-    assert shipped, "no working_dir upload in the job output"
-    assert float(shipped.group(1)) < 20.0, f"the working_dir package is {shipped.group(1)} MiB"
+    # Ray shipped the repository as the job's working_dir, small: .venv, .git, runs and data stay out.
+    print(
+        f"working_dir shipped: {job.shipped.get('bytes', 0) / 2**20:.1f} MiB, {sorted(job.shipped.get('names', []))}"
+    )
+    assert {"openrlhf_darts", "examples", "scripts"} <= job.shipped["names"], job.shipped
+    assert not {".venv", ".git", "runs", "data"} & job.shipped["names"], job.shipped
+    assert job.shipped["bytes"] < 20 * 2**20, job.shipped
 
     # Two step records with DARTS metrics, exactly the rows the trainer appended to steps.jsonl.
     assert [r["step"] for r in records] == [1, 2]
     steps_file = tmp_path / "runs" / "smoke-cpu-darts" / "steps.jsonl"
     assert records == [json.loads(line) for line in steps_file.read_text().splitlines()]
     for record in records:
+        # 8 prompts x n=4 kept samples reach upstream's trainer, from 4 to 8 candidates per prompt
+        assert record["rollout/num_samples"] == 32
+        assert 4 <= record["darts/candidates_mean"] <= record["darts/candidates_max"] <= 8
         assert record["darts/tokens_generated"] >= record["darts/tokens_kept"] > 0
         assert record["local/engine_unfinished_requests"] == 0
 
