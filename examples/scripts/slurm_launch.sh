@@ -30,7 +30,10 @@
 #                   which OpenRLHF 0.11.2 pins: a node whose Ray differs installs 2.55.0 with pip, except into an
 #                   externally managed system Python (PEP 668, e.g. Debian's python3), where it fails with the fix.
 #   RAY_PORT (6379), DASHBOARD_PORT (8265), RAY_CLIENT_PORT (10001), DASHBOARD_AGENT_PORT (52365): Ray's fixed ports;
-#                   set others when the nodes run other Ray clusters (the Slurm test does).
+#                   RUNTIME_ENV_AGENT_PORT (52366): Ray picks this one at random unless told, but then the head's Ray
+#                   client server waits (30 s at most, Ray 2.55) for the head to register to learn it, and on a busy
+#                   node that wait runs out and `ray start --block` stops the whole head. Set others when the nodes run
+#                   other Ray clusters (the Slurm test does).
 #   RAY_TEMP_DIR    Ray's temporary folder on every node (default /tmp/ray-<job id>): the job's own folder keeps its
 #                   address file away from other Ray users of the node, who would otherwise attach to this cluster.
 #   EXPECTED_NODES  how many Ray nodes to wait for (default: the allocation's node count); NODE_WAIT_S: how long
@@ -67,6 +70,7 @@ RAY_PORT=${RAY_PORT:-6379}
 DASHBOARD_PORT=${DASHBOARD_PORT:-8265}
 RAY_CLIENT_PORT=${RAY_CLIENT_PORT:-10001}
 DASHBOARD_AGENT_PORT=${DASHBOARD_AGENT_PORT:-52365}
+RUNTIME_ENV_AGENT_PORT=${RUNTIME_ENV_AGENT_PORT:-52366}
 RAY_TEMP_DIR=${RAY_TEMP_DIR:-/tmp/ray-${SLURM_JOB_ID:-0}}
 HEAD_WAIT_S=${HEAD_WAIT_S:-600}
 NODE_WAIT_S=${NODE_WAIT_S:-600}
@@ -117,7 +121,8 @@ fi
 if [[ -n ${RAY_NUM_CPUS:-} ]]; then
     RAY_LABELS+=(--num-cpus="${RAY_NUM_CPUS}")
 fi
-RAY_COMMON=(--temp-dir="${RAY_TEMP_DIR}" --dashboard-agent-listen-port="${DASHBOARD_AGENT_PORT}" "${RAY_LABELS[@]}")
+RAY_COMMON=(--temp-dir="${RAY_TEMP_DIR}" --dashboard-agent-listen-port="${DASHBOARD_AGENT_PORT}"
+    --runtime-env-agent-port="${RUNTIME_ENV_AGENT_PORT}" "${RAY_LABELS[@]}")
 RAY_STATE=${LOG_DIR}/ray-${SLURM_JOB_ID}
 mkdir -p "${RAY_STATE}"
 
@@ -232,10 +237,8 @@ HEAD_ARGS=(--head --node-ip-address="${HEAD_IP}" --port="${RAY_PORT}" --dashboar
     --dashboard-port="${DASHBOARD_PORT}" --ray-client-server-port="${RAY_CLIENT_PORT}" "${RAY_COMMON[@]}")
 run_ray_node "${HEAD}" "${HEAD_ARGS[@]}"
 HEAD_SRUN=$!
-# The head is up when its dashboard answers (it serves `ray job submit`) and its Ray client server listens. The client
-# server is the one part that can still fail after the dashboard answers: on a busy node Ray 2.55's client server gives
-# up after 30 s waiting for the head's own node to register (behind the dashboard's start), and `ray start --block` then
-# stops everything. Once it listens it is past that wait. A head that exits first is started again, twice at most.
+# The head is up when its dashboard answers (it serves `ray job submit`) and its Ray client server listens. A head that
+# exits while starting (on a busy node a part of Ray can time out) is started again, twice at most.
 HEAD_READY="import socket, urllib.request
 urllib.request.urlopen('http://127.0.0.1:${DASHBOARD_PORT}/api/version', timeout=5)
 # ray start writes the head's address (the node IP Ray chose) here once the node is up

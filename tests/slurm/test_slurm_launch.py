@@ -131,7 +131,7 @@ def _port_is_free(port: int) -> bool:
 
 def _sbatch(slurm, tmp_path: Path, script: str, *sbatch_args: str, timeout: int = 2100, **knobs: str):
     """`sbatch --wait` the launcher with `script` in CPU mode on free Ray ports; the job, its output and its log."""
-    ray_port, dashboard_port, client_port, agent_port = _free_ports(4)
+    ray_port, dashboard_port, client_port, agent_port, env_agent_port = ports = _free_ports(5)
     temp_dir = f"/tmp/ray-darts-test-{uuid.uuid4().hex[:8]}"  # short: Ray's socket paths live under it
     env = {
         **slurm.env,
@@ -140,6 +140,7 @@ def _sbatch(slurm, tmp_path: Path, script: str, *sbatch_args: str, timeout: int 
         "DASHBOARD_PORT": str(dashboard_port),
         "RAY_CLIENT_PORT": str(client_port),
         "DASHBOARD_AGENT_PORT": str(agent_port),
+        "RUNTIME_ENV_AGENT_PORT": str(env_agent_port),
         "RAY_TEMP_DIR": temp_dir,
         "LOG_DIR": str(tmp_path / "logs"),
         "OUT_ROOT": str(tmp_path / "runs"),
@@ -166,7 +167,7 @@ def _sbatch(slurm, tmp_path: Path, script: str, *sbatch_args: str, timeout: int 
         # Ray's ports are free again and no process of the job is left (a few seconds of grace for exiting ones).
         for _ in range(20):
             left = _job_processes(job_id, temp_dir)
-            busy = [port for port in (ray_port, dashboard_port, client_port, agent_port) if not _port_is_free(port)]
+            busy = [port for port in ports if not _port_is_free(port)]
             if not left and not busy:
                 break
             time.sleep(0.5)
