@@ -78,6 +78,7 @@ def slurm():
         "SLURMD_PORT": str(slurmd_port),
     }
     env.pop("SLURM_CONF", None)
+    env.pop("RAY_ADDRESS", None)  # the job's Ray is the one the launcher starts
     up = subprocess.run(["bash", str(LOCAL_CLUSTER), "up"], env=env, capture_output=True, text=True, timeout=1200)
     if up.returncode != 0:
         subprocess.run(["bash", str(LOCAL_CLUSTER), "down"], env=env, capture_output=True, timeout=300)
