@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 
 from openrlhf_darts.bench import tasks
-from openrlhf_darts.local.sft import DIFFICULTIES, mixed_problems
+from openrlhf_darts.local.inputs import policy_path, write_problems
+from openrlhf_darts.local.sft import DIFFICULTIES
 
 DEFAULT_DARTS_FLAGS = ["--darts.enable", "--darts.selection", "dual_end"]
 COLUMNS = (
@@ -109,36 +110,23 @@ def plot(runs: dict[str, list[dict]], path: Path) -> None:
     plt.close(fig)
 
 
-def resolve_policy(model: str) -> str:
-    if model == "tiny-verbose":
-        from openrlhf_darts.local.sft import ensure_verbose_model
-
-        return ensure_verbose_model()
-    from openrlhf_darts.models import resolve_model
-
-    return resolve_model(model)
-
-
-def write_problems(args, path: Path) -> str:
+def write_task_problems(args, path: Path) -> str:
     """The RL prompt file (``prompt``, ``label`` per line) for ``args.task``; returns the reward file that scores it.
 
     ``builtin``: ``local.sft.mixed_problems`` in ``args.difficulty`` (default "easy"), prompts as plain text; a
     reasoning-gym task: ``bench.tasks.task_problems``, prompts as chat messages (system + user)."""
     count = args.steps * args.prompts_per_step
     if args.task == tasks.BUILTIN:
-        problems = mixed_problems(count, args.seed, args.difficulty or "easy")
-        rows = [{"prompt": p["prompt"], "label": p["answer"]} for p in problems]
-    else:
-        if args.difficulty is not None:
-            raise ValueError(f"--difficulty={args.difficulty} applies to --task builtin only; drop it for {args.task}")
-        rows = [
-            {"prompt": p["messages"], "label": p["label"]} for p in tasks.task_problems(args.task, count, args.seed)
-        ]
+        write_problems(path, count, args.seed, args.difficulty or "easy")
+        return tasks.reward_file(args.task)
+    if args.difficulty is not None:
+        raise ValueError(f"--difficulty={args.difficulty} applies to --task builtin only; drop it for {args.task}")
+    rows = [{"prompt": p["messages"], "label": p["label"]} for p in tasks.task_problems(args.task, count, args.seed)]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return tasks.reward_file(args.task)
 
 
-def build_argv(args, model_path: str, data_path: Path, reward_path: str) -> list[str]:
+def build_argv(args, model_path: str, data_path: Path, reward_path: str | None = None) -> list[str]:
     """Upstream flags shared by both runs (the DARTS run adds only --darts.* lines)."""
     n, prompts = args.n_samples_per_prompt, args.prompts_per_step
     return [
@@ -149,7 +137,7 @@ def build_argv(args, model_path: str, data_path: Path, reward_path: str) -> list
         "--data.apply_chat_template",
         "--data.max_samples", str(args.steps * prompts),
         "--data.max_len", str(args.max_len),
-        "--reward.remote_url", reward_path,
+        "--reward.remote_url", reward_path or tasks.reward_file(tasks.BUILTIN),
         "--rollout.batch_size", str(prompts),
         "--rollout.n_samples_per_prompt", str(n),
         "--rollout.max_new_tokens", str(args.max_new_tokens),
@@ -166,7 +154,8 @@ def build_argv(args, model_path: str, data_path: Path, reward_path: str) -> list
     ]  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
+    """The comparison's flags; its defaults are the local mode's settings (examples/scripts/common_smoke_cpu.sh)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny-verbose", help="tiny-verbose (default), smollm2, tiny, or a folder")
     parser.add_argument("--steps", type=int, default=4, help="training steps per run")
@@ -186,7 +175,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out_dir", default="runs/local_compare")
     parser.add_argument("--only", choices=("baseline", "darts"), default=None, help="run one side only")
     parser.add_argument("--verbose", action="store_true", help="show Ray actor logs")
-    args, extra = parser.parse_known_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, extra = build_parser().parse_known_args(argv)
     darts_flags = DEFAULT_DARTS_FLAGS
     if "--darts_flags" in extra:
         cut = extra.index("--darts_flags")
@@ -200,8 +193,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     data_path = out / "problems.jsonl"
-    reward_path = write_problems(args, data_path)  # before the model: a bad task or difficulty fails at once
-    model_path = resolve_policy(args.model)
+    reward_path = write_task_problems(args, data_path)  # before the model: a bad task or difficulty fails at once
+    model_path = policy_path(args.model)
     shared = build_argv(args, model_path, data_path, reward_path) + extra
 
     sides = {"baseline": [], "darts": darts_flags}

@@ -17,8 +17,11 @@ sample generation unchanged, so the runs differ only in their `--darts.*` flags.
 
 The command starts its own local Ray cluster (once the flags are parsed) with logical resources sized to upstream's
 layout: one logical GPU and CPU per engine and per model actor, plus CPUs for the trainer. Ray resources are only
-labels; the processes share the machine's cores. Driver-side prints (upstream prints its whole args namespace) go to
-`<run_dir>/driver.log`; a progress bar follows the steps.
+labels; the processes share the machine's cores. When `RAY_ADDRESS` is set, as it is inside a Ray job (the CPU mode
+of examples/scripts/slurm_launch.sh submits one), it attaches to that cluster instead, after checking that the
+cluster's CPU and GPU labels cover the same layout (ValueError naming the `ray start` labels to use otherwise).
+Driver-side prints (upstream prints its whole args namespace) go to `<run_dir>/driver.log`; a progress bar follows the
+steps, and the command line prints each step's record as `step record {json}` (a Ray job's log shows them).
 
 Flags: every upstream `train_ppo_ray` flag and every `--darts.*` flag, after the local ones below:
 `--run_dir DIR` (records, checkpoints, logs; required), `--sync_probe` (check every weight sync against the engine),
@@ -36,6 +39,10 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TextIO
+
+# A line `step record {"step": 1, ...}` per training step on the command's stdout (see `main`).
+STEP_RECORD_PREFIX = "step record "
 
 CPU_FLAGS = [
     # One engine, one policy actor, one reference actor: what a 2-core machine can hold.
@@ -68,23 +75,52 @@ def logical_resources(args) -> tuple[int, int]:
     return gpus + 2, gpus  # +2 CPUs: the trainer actor and Ray's own tasks
 
 
+def attach_to_cluster(address: str, num_cpus: int, num_gpus: int, **init_kwargs) -> None:
+    """Connect to the Ray cluster at `address` and check its CPU and GPU labels cover upstream's layout.
+
+    Placement groups that ask for more than the cluster has wait forever, so a short cluster fails here, before any
+    actor exists, with the labels to start Ray with.
+    """
+    import ray
+
+    ray.init(address=address, **init_kwargs)
+    have = ray.cluster_resources()
+    have_cpus, have_gpus = have.get("CPU", 0), have.get("GPU", 0)
+    if have_cpus < num_cpus or have_gpus < num_gpus:
+        ray.shutdown()
+        raise ValueError(
+            f"the Ray cluster at RAY_ADDRESS={address} has {have_cpus:g} CPU and {have_gpus:g} GPU labels; upstream's "
+            f"layout of these flags needs {num_cpus} CPU and {num_gpus} GPU labels (one GPU and CPU per engine and "
+            f"model actor, 2 more CPUs); start Ray with `ray start --num-cpus={num_cpus} --num-gpus={num_gpus}` or "
+            f"more (slurm_launch.sh: CPU_MODE=1 GPUS_PER_NODE={num_gpus} RAY_NUM_CPUS={num_cpus}), or unset "
+            "RAY_ADDRESS to start a local cluster"
+        )
+
+
 class _StepProgress(threading.Thread):
     """Follows the step log the trainer writes and shows one tqdm bar with the latest reward and length."""
 
-    def __init__(self, path: Path, total: int | None, desc: str):
+    def __init__(self, path: Path, total: int | None, desc: str, echo: TextIO | None = None):
         super().__init__(daemon=True)
-        self.path, self.total, self.desc = path, total, desc
+        self.path, self.total, self.desc, self.echo = path, total, desc, echo
         self.done = threading.Event()
 
     def run(self) -> None:
         from tqdm import tqdm
 
-        bar = tqdm(total=self.total, desc=self.desc, unit="step", file=sys.stderr, dynamic_ncols=True)
+        # With the records echoed into a log (stderr not a terminal, e.g. a Ray job's log), they are the progress; a
+        # bar would only interleave carriage-return fragments with them.
+        quiet = self.echo is not None and not sys.stderr.isatty()
+        bar = tqdm(total=self.total, desc=self.desc, unit="step", file=sys.stderr, dynamic_ncols=True, disable=quiet)
         seen = 0
         while True:
             finished = self.done.wait(1.0)
             rows = read_steps(self.path)
             if len(rows) > seen:
+                if self.echo is not None:
+                    for row in rows[seen:]:
+                        bar.write(STEP_RECORD_PREFIX + json.dumps(row), file=self.echo)
+                        self.echo.flush()
                 last = rows[-1]
                 bar.set_postfix(
                     reward=f"{last.get('rollout/reward_mean', float('nan')):.3f}",
@@ -115,10 +151,13 @@ def run(
     progress_desc: str = "train",
     total_steps: int | None = None,
     env_vars: dict[str, str] | None = None,
+    echo_steps: bool = False,
 ) -> list[dict]:
     """Run upstream's `train_ppo_ray` locally with `CPU_FLAGS + argv`; returns the per-step records.
 
-    Starts and shuts down its own Ray cluster, so it raises ValueError if Ray is already initialized in this process.
+    Starts and shuts down its own Ray cluster, or attaches to the one `RAY_ADDRESS` names (inside a Ray job), so it
+    raises ValueError if Ray is already initialized in this process. `echo_steps`: print each step's record on this
+    process's stdout (`STEP_RECORD_PREFIX` + JSON) as it arrives; upstream's own prints still go to driver.log.
     """
     import ray
 
@@ -150,15 +189,20 @@ def run(
         num_cpus, num_gpus = logical_resources(args)
         env = {**(env_vars or {}), STEP_LOG_ENV: str(step_log), SYNC_PROBE_ENV: "1" if sync_probe else "0"}
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        runtime_env = compat.ray_runtime_env({"env_vars": env})
+        address = os.environ.get("RAY_ADDRESS")
+        if address:
+            attach_to_cluster(address, num_cpus, num_gpus, runtime_env=runtime_env, log_to_driver=verbose)
+            return
         ray.init(
             num_cpus=num_cpus,
             num_gpus=num_gpus,
-            runtime_env=compat.ray_runtime_env({"env_vars": env}),
+            runtime_env=runtime_env,
             include_dashboard=False,
             log_to_driver=verbose,
         )
 
-    progress = _StepProgress(step_log, total_steps, progress_desc)
+    progress = _StepProgress(step_log, total_steps, progress_desc, echo=sys.stdout if echo_steps else None)
     saved_argv = sys.argv
     sys.argv = ["openrlhf.cli.train_ppo_ray", *full_argv]
     progress.start()
@@ -197,9 +241,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sync_probe", action="store_true", help="check each weight sync against the engine")
     parser.add_argument("--verbose", action="store_true", help="show Ray actor logs")
     local, rest = parser.parse_known_args(argv)
+    address = os.environ.get("RAY_ADDRESS")
+    cluster = f"attaching to the Ray cluster at RAY_ADDRESS={address}" if address else "starting a local Ray cluster"
+    print(f"local.train: {sys.executable}, {cluster}", flush=True)
     start = time.perf_counter()
-    rows = run(rest, local.run_dir, sync_probe=local.sync_probe, verbose=local.verbose)
-    print(f"{len(rows)} steps in {time.perf_counter() - start:.1f} s; records in {Path(local.run_dir) / 'steps.jsonl'}")
+    rows = run(rest, local.run_dir, sync_probe=local.sync_probe, verbose=local.verbose, echo_steps=True)
+    print(
+        f"{len(rows)} steps in {time.perf_counter() - start:.1f} s; records in {Path(local.run_dir) / 'steps.jsonl'}"
+    )
 
 
 if __name__ == "__main__":

@@ -27,6 +27,12 @@ TRAIN_SCRIPTS = sorted(SCRIPTS.glob("train_*.sh"))
 PAIRS = sorted({p.name.rsplit("_", 1)[0] for p in TRAIN_SCRIPTS})
 UPSTREAM_MODULE = "openrlhf.cli.train_ppo_ray"
 DARTS_MODULE = "openrlhf_darts.cli.train_ppo_ray"
+LOCAL_MODULE = "openrlhf_darts.local.train"  # the CPU smoke pair runs local mode for both sides
+LOCAL_FLAGS = {
+    "--run_dir": 1,
+    "--sync_probe": 0,
+    "--verbose": 0,
+}  # local.train's own flags: how many values each takes
 
 
 def _script_command(script: Path, run_name: str | None = None) -> tuple[str, list[str]]:
@@ -50,6 +56,20 @@ def _parse(argv: list[str], monkeypatch, capsys) -> dict:
         train_ppo_ray.main(argv)
     assert done.value.code == 0
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def _upstream_args(module: str, args: list[str]) -> list[str]:
+    """The arguments upstream's parser sees: a local.train command without local.train's own flags."""
+    if module != LOCAL_MODULE:
+        return args
+    kept, i = [], 0
+    while i < len(args):
+        if args[i] in LOCAL_FLAGS:
+            i += 1 + LOCAL_FLAGS[args[i]]
+        else:
+            kept.append(args[i])
+            i += 1
+    return kept
 
 
 def _lookup(tree: dict, dotted: str):
@@ -128,8 +148,14 @@ def test_help_lists_the_darts_group_with_defaults_and_symbols(monkeypatch, capsy
 
 
 def test_scripts_come_in_baseline_darts_pairs():
-    # (a) 7B on one node, (b) several nodes, (c) a one-GPU smoke run; each as a baseline and a DARTS script.
-    assert PAIRS == ["train_qwen2.5_32b_multinode", "train_qwen2.5_math_7b_1node", "train_smoke_1gpu"]
+    # (a) 7B on one node, (b) several nodes, (c) a one-GPU smoke run, (d) a CPU smoke run in local mode (the Slurm
+    # test's job); each as a baseline and a DARTS script.
+    assert PAIRS == [
+        "train_qwen2.5_32b_multinode",
+        "train_qwen2.5_math_7b_1node",
+        "train_smoke_1gpu",
+        "train_smoke_cpu",
+    ]
     for pair in PAIRS:
         assert {p.name for p in TRAIN_SCRIPTS if p.name.startswith(pair + "_")} == {
             f"{pair}_baseline.sh",
@@ -141,7 +167,10 @@ def test_scripts_come_in_baseline_darts_pairs():
 def test_darts_script_is_the_baseline_command_plus_darts_lines(pair):
     baseline_module, baseline = _script_command(SCRIPTS / f"{pair}_baseline.sh", run_name="same")
     darts_module, darts = _script_command(SCRIPTS / f"{pair}_darts.sh", run_name="same")
-    assert (baseline_module, darts_module) == (UPSTREAM_MODULE, DARTS_MODULE)
+    if pair == "train_smoke_cpu":
+        assert (baseline_module, darts_module) == (LOCAL_MODULE, LOCAL_MODULE)
+    else:
+        assert (baseline_module, darts_module) == (UPSTREAM_MODULE, DARTS_MODULE)
     baseline_flags, darts_flags = _flag_values(baseline), _flag_values(darts)
     assert not any(flag.startswith("--darts.") for flag in baseline_flags)
     added = {flag: values for flag, values in darts_flags.items() if flag not in baseline_flags}
@@ -151,15 +180,41 @@ def test_darts_script_is_the_baseline_command_plus_darts_lines(pair):
     assert darts[: len(baseline)] == baseline
 
 
+def test_cpu_smoke_pair_runs_the_local_modes_settings():
+    """train_smoke_cpu_*.sh run `local.compare`'s upstream flags (its defaults, 2 steps) on the tiny model, through
+    local.train with the weight-sync probe, as compare's runs do."""
+    from openrlhf_darts.local import compare
+
+    module, args = _script_command(SCRIPTS / "train_smoke_cpu_baseline.sh", run_name="smoke")
+    assert module == LOCAL_MODULE
+    assert args[0] == "--run_dir" and args[1].endswith("/smoke") and args[2] == "--sync_probe"
+    run_dir = Path(args[1])
+    expected = compare.build_argv(
+        compare.build_parser().parse_args(["--steps", "2"]), "tiny", run_dir / "problems.jsonl"
+    )
+
+    def normalized(tokens: list[str]) -> dict[str, list]:  # "1e-4" and "0.0001" are the same value
+        def value(token: str):
+            try:
+                return float(token)
+            except ValueError:
+                return token
+
+        return {flag: [value(t) for t in given] for flag, given in _flag_values(tokens).items()}
+
+    assert normalized(args[3:]) == normalized(expected)
+
+
 @pytest.mark.parametrize("script", TRAIN_SCRIPTS, ids=lambda p: p.name)
 def test_every_script_flag_parses_and_lands_in_the_args(script, monkeypatch, capsys):
     module, args = _script_command(script)
+    args = _upstream_args(module, args)
     parsed = _parse(args, monkeypatch, capsys)
     for flag, given in _flag_values(args).items():
         value = _lookup(parsed["args"], flag[2:])
         assert _same(value, given), f"{script.name}: {flag} {given} parsed as {value!r}"
     darts = parsed["darts"]
-    assert darts["enable"] == (module == DARTS_MODULE)
+    assert darts["enable"] == (module == DARTS_MODULE or (module == LOCAL_MODULE and "--darts.enable" in args))
     assert darts["n_samples_per_prompt"] == parsed["args"]["rollout"]["n_samples_per_prompt"]
     if darts["enable"]:
         # Paper settings (DARTS_SPEC.md §6): candidates in [n, 2n], L = 1.

@@ -7,6 +7,7 @@ model upstream's `train()` saves.
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +33,9 @@ def _run(tmp_path_factory, stopping_model_path, *extra):
     root = tmp_path_factory.mktemp("local_train")
     data = root / "problems.jsonl"
     data.write_text(
-        "".join(json.dumps({"prompt": p["prompt"], "label": p["answer"]}) + "\n" for p in make_problems(PROMPTS * STEPS, 0))
+        "".join(
+            json.dumps({"prompt": p["prompt"], "label": p["answer"]}) + "\n" for p in make_problems(PROMPTS * STEPS, 0)
+        )
     )
     reward = root / "reward.py"
     reward.write_text(REWARD)
@@ -147,3 +150,33 @@ def test_easy_levels_and_their_verbose_targets():
         assert target.endswith(f"\nAnswer: {problem['answer']}") and extract_answer(target) == problem["answer"]
     with pytest.raises(ValueError, match="difficulty='hardest'"):
         mixed_problems(4, seed=0, difficulty="hardest")
+
+
+def test_inside_a_ray_job_it_attaches_and_rejects_a_cluster_short_of_its_layout(
+    ray_cluster, stopping_model_path, tmp_path
+):
+    """With RAY_ADDRESS set (inside a Ray job, as slurm_launch.sh's CPU mode runs it) local mode attaches to that
+    cluster instead of starting its own, and first checks the cluster's labels: this session's cluster (2 CPU, 1 GPU
+    labels) is short of the layout, so the run stops with the labels to use before creating any actor."""
+    address = ray_cluster.get_runtime_context().gcs_address
+    free_before = ray_cluster.available_resources()
+    command = [
+        sys.executable, "-m", "openrlhf_darts.local.train", "--run_dir", str(tmp_path / "run"),
+        "--actor.model_name_or_path", stopping_model_path, "--data.prompt_dataset", str(tmp_path / "none.jsonl"),
+        "--reward.remote_url", str(tmp_path / "reward.py"), "--algo.advantage.estimator", "group_norm",
+        "--algo.kl.init_coef", "0.001",
+    ]  # fmt: skip
+    done = subprocess.run(
+        command, env={**os.environ, "RAY_ADDRESS": address}, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode != 0
+    assert f"local.train: {sys.executable}, attaching to the Ray cluster at RAY_ADDRESS={address}" in done.stdout
+    # One engine, the policy and the reference actor (kl > 0): 3 GPU labels, and 3 + 2 CPU labels.
+    assert (
+        f"ValueError: the Ray cluster at RAY_ADDRESS={address} has 2 CPU and 1 GPU labels; upstream's layout of these "
+        "flags needs 5 CPU and 3 GPU labels" in done.stderr
+    ), done.stderr[-3000:]
+    assert "ray start --num-cpus=5 --num-gpus=3" in done.stderr
+    assert not (tmp_path / "run" / "steps.jsonl").exists()
+    # The session's cluster is untouched: the attached driver took nothing.
+    assert ray_cluster.available_resources().get("GPU") == free_before.get("GPU")

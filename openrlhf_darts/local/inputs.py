@@ -1,0 +1,57 @@
+"""Local mode's inputs as files, for runs of `local.train` outside `local.compare`: the policy model folder and the
+prompts file. `python -m openrlhf_darts.local.inputs --out_dir DIR --problems N` writes `DIR/problems.jsonl` and
+prints, as its last line, `<model folder><TAB><problems file>`; examples/scripts/common_smoke_cpu.sh reads that line.
+
+The problems are `local.sft.mixed_problems` (`bench.tasks` arithmetic word problems, "easy" mix by default) as
+`{"prompt", "label"}` lines, the keys `--data.input_key prompt --data.label_key label` name; the reward for them is the
+exact-answer rule in `bench/tasks.py` (`--reward.remote_url`). `--model`: tiny-verbose (`local.compare`'s default,
+`local.sft`; built and cached on first use, a few CPU minutes), or what `models.resolve_model` takes (tiny, smollm2, a
+folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from openrlhf_darts.local.sft import DIFFICULTIES, mixed_problems
+
+
+def policy_path(model: str) -> str:
+    """The folder of `model`: "tiny-verbose" (built and cached on first use), or what `models.resolve_model` takes."""
+    if model == "tiny-verbose":
+        from openrlhf_darts.local.sft import ensure_verbose_model
+
+        return ensure_verbose_model()
+    from openrlhf_darts.models import resolve_model
+
+    return resolve_model(model)
+
+
+def write_problems(path: str | Path, num: int, seed: int, difficulty: str = "easy") -> Path:
+    """Write `num` problems of the `difficulty` mix as `{"prompt", "label"}` JSONL lines to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    problems = mixed_problems(num, seed, difficulty)
+    path.write_text("".join(json.dumps({"prompt": p["prompt"], "label": p["answer"]}) + "\n" for p in problems))
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out_dir", required=True, help="folder for problems.jsonl")
+    parser.add_argument("--problems", type=int, required=True, help="how many prompts (steps x prompts per step)")
+    parser.add_argument("--model", default="tiny-verbose", help="tiny-verbose (default), smollm2, tiny, or a folder")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--difficulty", choices=sorted(DIFFICULTIES), default="easy")
+    args = parser.parse_args(argv)
+    if args.problems < 1:
+        raise ValueError(f"--problems={args.problems} must be >= 1")
+    model = policy_path(args.model)
+    data = write_problems(Path(args.out_dir).resolve() / "problems.jsonl", args.problems, args.seed, args.difficulty)
+    print(f"{model}\t{data}")
+
+
+if __name__ == "__main__":
+    main()
