@@ -83,7 +83,7 @@ class GroupPlanner:
         if config.budget == "cost_model" and self.history:
             history = [group for step in self.history for group in step]
             # The replay allocates with this batch's weights and keys and the same schedule, so the plan it scores at
-            # each budget is the plan build_plans returns in plan().
+            # each budget is the plan build_plans returns in plan(); it selects and stops groups under --darts.truncated.
             choice = utility_budget(
                 history,
                 num_prompts=len(weights),
@@ -97,6 +97,7 @@ class GroupPlanner:
                 tail_prune=schedule,
                 weights=weights,
                 tie_keys=keys,
+                truncated_rule=config.truncated,
             )
             self.last_budget_mode = "cost_model"
             self.last_budget_choice = choice
