@@ -145,8 +145,9 @@ def replay_budget(
     candidates decodes the effective lengths (``cost_model.effective_lengths``) of its first M'_p drawn candidates and
     keeps what ``select_dual_end`` keeps, both under ``truncated_rule``: with ``long_end`` a dual-end group keeps its
     truncated candidates as its long end, and a shortest-only group stops after its first num_keep stops of any kind
-    (in this lockstep model the num_keep shortest, a truncated candidate counting at its cap). Prompts go to engines as the samples generator sends them: in order, each to
-    the engine with the least candidates so far (ties: lowest index); a step lasts as long as its slowest engine.
+    (in this lockstep model the num_keep shortest, a truncated candidate counting at its cap). Prompts go to engines as
+    the samples generator sends them: in order, each to the engine with the least candidates so far (ties: lowest
+    index); a step lasts as long as its slowest engine.
     """
     check_int("num_keep", num_keep, minimum=1)
     _check_bounds(min_candidates, max_candidates)

@@ -277,8 +277,8 @@ CAPPED = [
 def test_replay_under_long_end_keeps_truncated_candidates_as_the_long_end():
     # M'_i = 3 for every prompt, L = 1 (tail pruning off): every group runs to its end under either rule, so T is the
     # same, but the kept sets differ. Each group's first 3 candidates, keeping the shortest and the longest:
-    #   exclude (untruncated only):   p0 30 + 50 = 80,   p1 20 + 24 = 44,  p2 45 + 60 = 105, p3 15 + 17 = 32 -> 261 / 8
-    #   long_end (truncated longest): p0 30 + 100 = 130, p1 20 + 100 = 120, p2 45 + 100 = 145, p3 15 + 17 = 32 -> 427 / 8
+    #   exclude (untruncated only): p0 30 + 50 = 80, p1 20 + 24 = 44, p2 45 + 60 = 105, p3 15 + 17 = 32 -> 261 / 8
+    #   long_end (truncated longest): p0 30 + 100 = 130, p1 20 + 100 = 120, p2 45 + 100 = 145, p3 32 -> 427 / 8
     # The baseline M'_i = M = 2 keeps the first two of each: 150 + 120 + 105 + 31 = 406, mean 50.75.
     kwargs = dict(
         num_keep=2, num_long=1, min_candidates=3, max_candidates=3, per_token_latency=linear, num_engines=2,

@@ -121,6 +121,23 @@ def test_history_records_truncation_and_imputes_aborted_lengths():
     assert planner.history[-1][0] == [(30, False), (40, False), (512, True), (50, False)]
 
 
+def test_observe_clips_at_the_cap_the_engine_recorded():
+    # The engine recorded this group's cap, 64 (max_len - prompt tokens); the step-level max_tokens=512 is only the
+    # fallback for records without one. True lengths 30, 40, 50, 60 finish; two are aborted at 61.
+    results = [CandidateResult(j, length, False, False) for j, length in enumerate([30, 40, 50, 60])]
+    results += [CandidateResult(4, 61, False, True), CandidateResult(5, 61, False, True)]
+    record = GroupOutcome.from_results(GroupPlan(6, 4, 0), results, max_tokens=64)
+    planner = GroupPlanner(config())
+    planner.observe(PROMPTS[:1], [record], max_tokens=512)
+    at_64 = fit_lengths(record.lengths, record.censored, 64)
+    assert at_64.std != fit_lengths(record.lengths, record.censored, 512).std  # precondition: the cap matters
+    assert planner.stats.std(prompt_key(PROMPTS[0])) == at_64.std
+    # The aborted pair's imputed lengths come from the fit clipped at 64: at most 64, and at 64 as truncated.
+    imputed = planner.history[-1][0][4:]
+    assert imputed == [at_64.tail_quantile(61, 0.25), at_64.tail_quantile(61, 0.75)]
+    assert all(length <= 64 and cut == (length == 64) for length, cut in imputed)
+
+
 def test_first_step_ties_go_by_prompt_key_not_position():
     # weight_norm plain: unseen prompts all weigh 0. Budget round(4.5 * 8) = 36 over [4, 8]: each prompt gets 4, and
     # the 4 remaining candidates go to the 4 smallest prompt keys, wherever they sit in the batch.
