@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
+from openrlhf_darts.core.length_fit import fit_outcome
 from openrlhf_darts.core.types import Decision, GroupOutcome
 
 
@@ -16,14 +17,17 @@ def _percentile(sorted_values: Sequence[int], q: float) -> float:
     return float(sorted_values[int(rank) - 1])
 
 
-def outcome_metrics(outcomes: Sequence[GroupOutcome]) -> dict[str, float]:
+def outcome_metrics(outcomes: Sequence[GroupOutcome], max_tokens: int | None = None) -> dict[str, float]:
     """Decisions and length distributions of one step's groups (STYLE.md "Metrics namespace").
 
     Length figures never mix finished and aborted candidates: an aborted candidate's partial length is a lower bound
     on its true length, so `darts/finished_length_*` cover the candidates that stopped by themselves (EOS, or the
     length cap at the cap) and `darts/aborted_length_mean` the aborted ones, reported as the lower bound it is. Both
-    understate the policy's length distribution in groups that abort (the aborted are the long ones); a
-    censoring-aware estimate of the all-candidate mean belongs beside them (issue 11 item 1's fit, not wired yet).
+    understate the policy's length distribution in groups that abort (the aborted are the long ones).
+    `darts/length_mean_estimate` is the censoring-aware estimate of the all-candidate mean beside them: each group's
+    censored log-normal fit (``length_fit.fit_outcome``, aborted and truncated lengths as lower bounds, clipped at the
+    group's cap) gives its mean length, weighted by the group's candidates. ``max_tokens`` is the cap of records that
+    do not carry their own (``length_fit.outcome_cap``).
     """
     if not outcomes:
         return {}
@@ -55,7 +59,10 @@ def outcome_metrics(outcomes: Sequence[GroupOutcome]) -> dict[str, float]:
     if aborted_lengths:
         # Lower bounds (partial lengths); absent in a step that aborted nothing rather than a misleading 0.
         metrics["darts/aborted_length_mean"] = sum(aborted_lengths) / len(aborted_lengths)
-    # Censoring-aware estimate of the all-candidate mean: to be added from the length-statistics fit (issue 11 item 1).
+    # Every group has a fit: at least n of its candidates were not aborted, and if all of those were truncated their
+    # length is the cap, so the fit is a point mass there (length_fit.fit_lengths).
+    fits = [fit_outcome(o, max_tokens) for o in outcomes]
+    metrics["darts/length_mean_estimate"] = sum(n * fit.mean for n, fit in zip(candidates, fits)) / num_all
     for reason in Decision:
         if reason is not Decision.KEEP:
             metrics[f"darts/drop_{reason.value}"] = float(sum(d is reason for o in outcomes for d in o.decisions))

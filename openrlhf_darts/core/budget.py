@@ -10,7 +10,7 @@ Both are means over bootstrap draws (``draw_replay``). The draws are shared by e
 numbers): a prompt with m candidates uses the first m of its drawn candidates, so differences between grid points are
 not sampling noise. At every grid point the replay builds the batch's plans with ``allocation.build_plans`` from the
 batch's own weights, exactly as the planner does, so the replayed plan is the one that will run, tail pruning included
-(``replay_budget``).
+(``replay_budget``), and selects and stops each group under the run's ``--darts.truncated`` rule.
 """
 
 import heapq
@@ -22,7 +22,7 @@ from openrlhf_darts.core._checks import check_bool, check_choice, check_int, che
 from openrlhf_darts.core.allocation import TAIL_PRUNE_SCHEDULES, build_plans, num_long_for
 from openrlhf_darts.core.cost_model import _effective_lengths, _rollout_time
 from openrlhf_darts.core.selection import _select
-from openrlhf_darts.core.types import GroupPlan
+from openrlhf_darts.core.types import TRUNCATED_RULES, GroupPlan
 
 MAX_GRID_POINTS = 64
 
@@ -55,10 +55,11 @@ class BudgetChoice:
     grid: tuple[tuple[float, float], ...]  # [G] (M̄, U(M̄)) for every grid point, M̄ ascending
     plans: tuple[GroupPlan, ...]  # [N] the plans replayed at the chosen budget, one per prompt of the batch
     rollout_time_s: float  # T(M̄) in seconds: the slowest engine's cost-model time, mean over the draws
+    kept_length_mean: float  # mean length of the kept samples at M̄, pooled over the draws (E's numerator side)
 
     def __post_init__(self) -> None:
         check_int("budget", self.budget, minimum=1)
-        for name in ("avg_candidates", "utility", "effectiveness", "time_ratio", "rollout_time_s"):
+        for name in ("avg_candidates", "utility", "effectiveness", "time_ratio", "rollout_time_s", "kept_length_mean"):
             object.__setattr__(self, name, check_real(name, getattr(self, name)))
         if not isinstance(self.grid, tuple) or len(self.grid) == 0:
             raise ValueError(f"grid={self.grid!r} must be a non-empty tuple of (avg_candidates, utility) pairs")
@@ -84,6 +85,7 @@ def utility_budget(
     seed: int = 0,
     weights: Sequence[float] | None = None,
     tie_keys: Sequence[str] | None = None,
+    truncated_rule: str = "exclude",
 ) -> BudgetChoice:
     """argmax over a grid of M̄ in [min_candidates, max_candidates] of U = E - cost_weight * T (§3(e), utility mode).
 
@@ -91,14 +93,14 @@ def utility_budget(
     aborted candidate's partial length understates its true one, so record it imputed from its group's fit
     (``length_fit.impute_aborted``), never as a finished length. ``draw_replay`` makes the bootstrap draws, and
     ``replay_budget`` scores each budget with this batch's ``weights`` (normalized, as the planner allocates with them;
-    None = equal) and ``tie_keys``. The grid has steps of 1/N, thinned to at most 64 points; ties go to the smaller
-    budget.
+    None = equal), ``tie_keys`` and ``truncated_rule`` (``--darts.truncated``). The grid has steps of 1/N, thinned to
+    at most 64 points; ties go to the smaller budget.
     """
     _check_bounds(min_candidates, max_candidates)
     samples = draw_replay(history, num_prompts, max_candidates, draws, seed)
     return replay_budget(
         samples, num_keep, num_long, min_candidates, max_candidates, cost_weight, per_token_latency, num_engines,
-        tail_prune, weights, tie_keys,
+        tail_prune, weights, tie_keys, truncated_rule,
     )  # fmt: skip
 
 
@@ -135,13 +137,17 @@ def replay_budget(
     tail_prune: str = "paper",
     weights: Sequence[float] | None = None,
     tie_keys: Sequence[str] | None = None,
+    truncated_rule: str = "exclude",
 ) -> BudgetChoice:
     """``utility_budget`` over given draws: ``samples[d][p]`` holds prompt p's candidates in draw d (§3(e)).
 
     At each budget the plans are ``build_plans(weights, budget, ...)``, the planner's own call. A prompt with M'_p
     candidates decodes the effective lengths (``cost_model.effective_lengths``) of its first M'_p drawn candidates and
-    keeps what ``select_dual_end`` keeps. Prompts go to engines as the samples generator sends them: in order, each to
-    the engine with the least candidates so far (ties: lowest index); a step lasts as long as its slowest engine.
+    keeps what ``select_dual_end`` keeps, both under ``truncated_rule``: with ``long_end`` a dual-end group keeps its
+    truncated candidates as its long end, and a shortest-only group stops after its first num_keep stops of any kind
+    (in this lockstep model the num_keep shortest, a truncated candidate counting at its cap). Prompts go to engines as
+    the samples generator sends them: in order, each to the engine with the least candidates so far (ties: lowest
+    index); a step lasts as long as its slowest engine.
     """
     check_int("num_keep", num_keep, minimum=1)
     _check_bounds(min_candidates, max_candidates)
@@ -151,6 +157,7 @@ def replay_budget(
             "candidates (the paper uses min_candidates = num_keep)"
         )
     check_choice("tail_prune", tail_prune, TAIL_PRUNE_SCHEDULES)
+    check_choice("truncated_rule", truncated_rule, TRUNCATED_RULES)
     num_long_for(min_candidates, max_candidates, num_long, tail_prune, num_keep=num_keep)  # checks num_long
     cost_weight = check_real("cost_weight", cost_weight, minimum=0.0)
     if not callable(per_token_latency):
@@ -185,15 +192,15 @@ def replay_budget(
                 group = drawn[p][: plan.num_candidates]
                 lengths = [length for length, _ in group]
                 truncated = [cut for _, cut in group]
-                kept = _select(lengths, truncated, plan.num_keep, plan.num_long)
+                kept = _select(lengths, truncated, plan.num_keep, plan.num_long, truncated_rule)
                 kept_total += sum(lengths[j] for j in kept)
                 kept_count += len(kept)
-                engines[engine_of[p]].extend(_effective_lengths(lengths, truncated, plan))
+                engines[engine_of[p]].extend(_effective_lengths(lengths, truncated, plan, truncated_rule))
             time_total += max(_rollout_time(engine_lengths, cached_latency) for engine_lengths in engines)
         return kept_total / kept_count, time_total / len(samples)
 
     base_kept, base_time = simulate([GroupPlan.uniform(num_keep)] * num_prompts)
-    best = None  # (utility, budget, effectiveness, time_ratio, plans, step_time)
+    best = None  # (utility, budget, effectiveness, time_ratio, plans, step_time, kept_mean)
     grid = []
     for budget in _grid_budgets(num_prompts, min_candidates, max_candidates):
         plans = build_plans(weights, budget, num_keep, num_long, min_candidates, max_candidates, tail_prune, tie_keys)
@@ -204,12 +211,12 @@ def replay_budget(
         utility = effectiveness - cost_weight * time_ratio
         grid.append((budget / num_prompts, utility))
         if best is None or utility > best[0]:  # strict: ties keep the smaller, cheaper budget
-            best = (utility, budget, effectiveness, time_ratio, plans, step_time)
+            best = (utility, budget, effectiveness, time_ratio, plans, step_time, kept_mean)
     assert best is not None  # the grid always holds N * min_candidates
-    utility, budget, effectiveness, time_ratio, plans, step_time = best
+    utility, budget, effectiveness, time_ratio, plans, step_time, kept_mean = best
     return BudgetChoice(
         budget, budget / num_prompts, utility, effectiveness, time_ratio, grid=tuple(grid), plans=tuple(plans),
-        rollout_time_s=step_time,
+        rollout_time_s=step_time, kept_length_mean=kept_mean,
     )  # fmt: skip
 
 

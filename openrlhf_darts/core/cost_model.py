@@ -17,8 +17,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from openrlhf_darts.core._checks import check_flags, check_int, check_lengths, check_real, check_sequence
-from openrlhf_darts.core.types import GroupPlan
+from openrlhf_darts.core._checks import (
+    check_choice,
+    check_flags,
+    check_int,
+    check_lengths,
+    check_real,
+    check_sequence,
+)
+from openrlhf_darts.core.types import TRUNCATED_RULES, GroupPlan
 
 
 @dataclass(frozen=True)
@@ -129,38 +136,55 @@ def _rollout_time(lengths: Sequence[int], per_token_latency: Callable[[int], flo
     return total
 
 
-def effective_lengths(lengths: Sequence[int], truncated: Sequence[bool], plan: GroupPlan) -> list[int]:
-    """Tokens each candidate actually decodes under ``plan`` (§3(e), utility mode).
+def effective_lengths(
+    lengths: Sequence[int], truncated: Sequence[bool], plan: GroupPlan, truncated_rule: str = "exclude"
+) -> list[int]:
+    """Tokens each candidate actually decodes under ``plan`` (§3(e), utility mode), in the lockstep model.
 
-    Dual-end groups run every candidate to the end. Shortest-only groups stop at the release length, the num_keep-th
-    shortest untruncated length, so every candidate decodes min(l_j, release); with fewer than num_keep untruncated
-    candidates nothing is released early and all run fully. Truncated candidates count at the cap they reached.
+    Dual-end groups run every candidate to the end. A shortest-only group stops at its release length and every
+    candidate decodes min(l_j, release):
+
+    - ``exclude``: the release is the num_keep-th shortest untruncated length; with fewer than num_keep untruncated
+      candidates nothing is released early and all run fully;
+    - ``long_end`` (``--darts.truncated long_end``, the reference code): the group stops after its first num_keep stops
+      of any kind, so the release is the num_keep-th shortest length of all, truncated ones included.
+
+    Truncated candidates count at the length they reached. When they sit at the group's cap, as the engine reports
+    them (no finish is longer than the cap), both rules give the same release: the rule then changes what a dual-end
+    group keeps (``selection._select``), not what any group decodes.
     """
     if not isinstance(plan, GroupPlan):
         raise TypeError(f"plan={plan!r} has type {type(plan).__name__}; expected a GroupPlan")
     lengths = check_lengths("lengths", lengths)
     truncated = check_flags("truncated", truncated, len(lengths), "lengths")
+    check_choice("truncated_rule", truncated_rule, TRUNCATED_RULES)
     if len(lengths) != plan.num_candidates:
         raise ValueError(
             f"lengths has {len(lengths)} entries but plan.num_candidates={plan.num_candidates}; "
             "expected one per candidate"
         )
-    return _effective_lengths(lengths, truncated, plan)
+    return _effective_lengths(lengths, truncated, plan, truncated_rule)
 
 
-def _effective_lengths(lengths: Sequence[int], truncated: Sequence[bool], plan: GroupPlan) -> list[int]:
+def _effective_lengths(
+    lengths: Sequence[int], truncated: Sequence[bool], plan: GroupPlan, truncated_rule: str = "exclude"
+) -> list[int]:
     if not plan.shortest_only:
         return list(lengths)
-    valid = sorted(length for length, cut in zip(lengths, truncated) if not cut)
-    if len(valid) < plan.num_keep:
-        return list(lengths)
-    release = valid[plan.num_keep - 1]
+    if truncated_rule == "long_end":
+        stops = sorted(lengths)  # the first num_keep to stop, truncated or not
+    else:
+        stops = sorted(length for length, cut in zip(lengths, truncated) if not cut)
+        if len(stops) < plan.num_keep:
+            return list(lengths)
+    release = stops[plan.num_keep - 1]
     return [min(length, release) for length in lengths]
 
 
 def engine_rollout_time(
     groups: Sequence[tuple[Sequence[int], Sequence[bool], GroupPlan]],
     per_token_latency: Callable[[int], float],
+    truncated_rule: str = "exclude",
 ) -> float:
     """Rollout time of one engine: the effective lengths of all its groups pooled into ``rollout_time`` (§3(e))."""
     pooled: list[int] = []
@@ -168,5 +192,5 @@ def engine_rollout_time(
         check_sequence(f"groups[{g}]", group)
         if len(group) != 3:
             raise ValueError(f"groups[{g}] has {len(group)} entries; expected (lengths, truncated, plan)")
-        pooled.extend(effective_lengths(*group))
+        pooled.extend(effective_lengths(*group, truncated_rule))
     return rollout_time(pooled, per_token_latency)

@@ -115,14 +115,21 @@ def fit_lengths(lengths: Sequence[int], censored: Sequence[bool] = (), cap: int 
 
 
 def fit_outcome(outcome: GroupOutcome, max_tokens: int | None = None) -> LengthFit | None:
-    """``fit_lengths`` over every candidate of a group, aborted and truncated ones censored (§3(d) 2).
+    """``fit_lengths`` over every candidate of a group, aborted and truncated ones censored, clipped at the group's
+    cap (``outcome_cap``) (§3(d) 2)."""
+    cap = outcome_cap(outcome, max_tokens)  # checks the outcome
+    return fit_lengths(outcome.lengths, outcome.censored, cap)
 
-    The cap is the length of the group's truncated candidates when it has any (the engine cut them exactly there, per
-    prompt), else ``max_tokens``, the step's generation cap (None: unknown, no clipping).
-    """
+
+def outcome_cap(outcome: GroupOutcome, max_tokens: int | None = None) -> int | None:
+    """The generation cap of one group: the ``max_tokens`` the engine recorded in the outcome (the value its requests
+    reached the engine with); for a record without it, ``group_cap`` (its truncated candidates' length, else the
+    ``max_tokens`` given here, None: unknown, no clipping)."""
     if not isinstance(outcome, GroupOutcome):
         raise TypeError(f"outcome={outcome!r} has type {type(outcome).__name__}; expected a GroupOutcome")
-    return fit_lengths(outcome.lengths, outcome.censored, group_cap(outcome.lengths, outcome.truncated, max_tokens))
+    if outcome.max_tokens is not None:
+        return outcome.max_tokens
+    return group_cap(outcome.lengths, outcome.truncated, max_tokens)
 
 
 def group_cap(lengths: Sequence[int], truncated: Sequence[bool], max_tokens: int | None = None) -> int | None:

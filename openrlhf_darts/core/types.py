@@ -96,6 +96,7 @@ _OUTCOME_KEYS = (
     "elapsed_s",
     "release_s",
     "truncated_rule",
+    "max_tokens",
 )
 _PLAN_KEYS = ("num_candidates", "num_keep", "num_long")
 
@@ -110,7 +111,8 @@ class GroupOutcome:
     candidates are preferred (a truncated one is kept only to fill an underfilled group, which then keeps every
     untruncated one). Under ``"long_end"`` truncated candidates rank longest, and a dual-end group's kept set must be
     the selection over its finished candidates; a shortest-only group keeps the first M candidates to stop, which the
-    record cannot re-derive (it holds no stop order).
+    record cannot re-derive (it holds no stop order). ``max_tokens``, when recorded, bounds every length, and a
+    truncated candidate stopped exactly there.
     """
 
     plan: GroupPlan
@@ -123,10 +125,14 @@ class GroupOutcome:
     elapsed_s: float = 0.0  # seconds from group start until its last candidate stopped
     release_s: float = 0.0  # seconds from group start until its kept set became final
     truncated_rule: str = "exclude"  # TRUNCATED_RULES: how selection treated truncated candidates
+    # The group's generation cap: the max_tokens its requests reached the engine with (upstream's executor sets
+    # max_length - prompt tokens when max_new_tokens is None). None: not recorded (records written before it was).
+    max_tokens: int | None = None
 
     def __post_init__(self) -> None:
         check_choice("truncated_rule", self.truncated_rule, TRUNCATED_RULES)
         self._check_per_candidate_fields()
+        self._check_max_tokens()
         self._check_kept()
         self._check_selection_invariants()
         for j in range(self.plan.num_candidates):
@@ -166,6 +172,23 @@ class GroupOutcome:
                 raise TypeError(f"decisions[{j}]={self.decisions[j]!r} is not a Decision; expected one of {_values()}")
             if self.truncated[j] and self.aborted[j]:
                 raise ValueError(f"candidate {j} is both truncated and aborted; a candidate stops for one reason only")
+
+    def _check_max_tokens(self) -> None:
+        if self.max_tokens is None:
+            return
+        check_int("max_tokens", self.max_tokens, minimum=1)
+        for j, (length, cut) in enumerate(zip(self.lengths, self.truncated)):
+            if length > self.max_tokens:
+                raise ValueError(
+                    f"lengths[{j}]={length} exceeds max_tokens={self.max_tokens}; no candidate generates past the "
+                    "group's cap (record the max_tokens the engine received)"
+                )
+            if cut and length != self.max_tokens:
+                raise ValueError(
+                    f"candidate {j} is truncated at length {length} but max_tokens={self.max_tokens}; the length cap "
+                    "stops a candidate exactly at max_tokens (was the engine's max_model_len shorter than the prompt "
+                    "plus max_tokens?)"
+                )
 
     def _check_kept(self) -> None:
         if not isinstance(self.kept, tuple):
@@ -245,13 +268,15 @@ class GroupOutcome:
         release_s: float = 0.0,
         truncated_rule: str = "exclude",
         kept: Sequence[int] | None = None,
+        max_tokens: int | None = None,
     ) -> "GroupOutcome":
         """Select over the finished (non-aborted) candidates with ``select_dual_end`` (§3(b)) and record every fate.
 
         ``results`` holds one ``CandidateResult`` per candidate index 0..M'-1, in any order. ``kept`` is the kept set
         the engine actor decided, checked against the selection; under ``truncated_rule="long_end"`` a shortest-only
         group keeps the first M candidates to stop, so there it is taken as given (and required when more than M
-        finished, since the results hold no stop order).
+        finished, since the results hold no stop order). ``max_tokens`` is the group's generation cap as the engine
+        received it (None: unknown).
         """
         # Imported here because selection.py imports GroupPlan from this module.
         from openrlhf_darts.core.selection import select_dual_end
@@ -319,6 +344,7 @@ class GroupOutcome:
             elapsed_s=elapsed_s,
             release_s=release_s,
             truncated_rule=truncated_rule,
+            max_tokens=max_tokens,
         )
 
     @property
@@ -362,6 +388,7 @@ class GroupOutcome:
             "elapsed_s": self.elapsed_s,
             "release_s": self.release_s,
             "truncated_rule": self.truncated_rule,
+            "max_tokens": self.max_tokens,
         }
 
     @classmethod
@@ -371,6 +398,9 @@ class GroupOutcome:
         if "truncated_rule" not in data:
             # Records written before --darts.truncated existed (saved benchmark reports): "exclude" was the only rule.
             data = {**data, "truncated_rule": "exclude"}
+        if "max_tokens" not in data:
+            # Records written before the engine recorded each group's cap: unknown.
+            data = {**data, "max_tokens": None}
         _check_keys("GroupOutcome dict", data, _OUTCOME_KEYS)
         plan = data["plan"]
         if not isinstance(plan, Mapping):
@@ -395,6 +425,7 @@ class GroupOutcome:
             elapsed_s=data["elapsed_s"],
             release_s=data["release_s"],
             truncated_rule=data["truncated_rule"],
+            max_tokens=data["max_tokens"],
         )
 
 

@@ -76,6 +76,8 @@ class _GroupRun:
         self.token_ids: list = [()] * plan.num_candidates
         self.sent = [0] * plan.num_candidates
         self.request_ids: list[str | None] = [None] * plan.num_candidates
+        # max_tokens each submitted candidate's request carried to the engine: the group's generation cap.
+        self.max_tokens: dict[int, int | None] = {}
         # Tokens seen per candidate, and the most tokens one stream output added (vLLM merges engine steps into one
         # output when the consumer falls behind; an abort's overshoot is bounded by it, docs/design.md).
         self.seen = [0] * plan.num_candidates
@@ -174,6 +176,21 @@ class _GroupRun:
                 self.verdicts[index].set_exception(error)
             task.cancel()
 
+    def on_request(self, index: int, max_tokens: int | None) -> None:
+        """Candidate `index` goes to the engine with this `max_tokens` (upstream's executor computed it)."""
+        self.max_tokens[index] = max_tokens
+
+    def cap(self) -> int | None:
+        """The group's generation cap: the one max_tokens its requests carried (all share the prompt). None when the
+        executor left it unset, so vLLM chose it (max_model_len - prompt tokens) and the actor never saw it."""
+        caps = set(self.max_tokens.values())
+        if len(caps) > 1:
+            raise RuntimeError(
+                f"group {self.group_id}'s candidates reached the engine with different max_tokens "
+                f"{sorted(caps, key=str)}; DARTS expects one prompt and one cap per group (single-turn executors)"
+            )
+        return caps.pop() if caps else None
+
     def outcome(self) -> GroupOutcome:
         return GroupOutcome.from_results(
             self.plan,
@@ -182,6 +199,7 @@ class _GroupRun:
             release_s=self.release_s,
             truncated_rule=self.stop.truncated_rule,
             kept=self.stop.kept,
+            max_tokens=self.cap(),
         )
 
     def record(self, prompt: str) -> dict:
@@ -250,6 +268,10 @@ class DartsRolloutActor(RolloutRayActorBase):
 
     async def generate(self, prompt_token_ids, sampling_params, multi_modal_data=None):
         slot = _CANDIDATE.get()
+        if slot is not None:
+            # Upstream's generate passes these params (a copy) to AsyncLLM: their max_tokens is the candidate's cap, as
+            # the executor computed it (max_length - prompt tokens when max_new_tokens is None).
+            slot[0].on_request(slot[1], sampling_params.max_tokens)
         output = await super().generate(prompt_token_ids, sampling_params, multi_modal_data)
         if slot is None:
             return output

@@ -2,7 +2,7 @@
 
     python -m openrlhf_darts.sim [--trace 7b-like|14b-like|32b-like|REPORT.json ...] [--latency matched|NAME|FILE ...]
                                  [--engines 64] [--prompts 512] [--n 8] [--repeats 3] [--seed 0]
-                                 [--prompt-spread X] [--out runs/sim]
+                                 [--prompt-spread X] [--truncated exclude|long_end] [--out runs/sim]
 
 Prints one table per (trace, latency table), and writes ``sim.json``, ``table.txt`` and ``speedups.png`` under
 ``--out``. ``--latency matched`` (the default) pairs each synthetic family with the H200 decode-step proxy of its model
@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from openrlhf_darts.core.types import TRUNCATED_RULES
 from openrlhf_darts.sim import latency as latency_tables
 from openrlhf_darts.sim.replay import VARIANTS, simulate
 from openrlhf_darts.sim.traces import FAMILIES, resolve_trace
@@ -47,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="override the families' log-std of prompt medians (sensitivity; recorded traces ignore it)",
+    )
+    parser.add_argument(
+        "--truncated",
+        default="exclude",
+        choices=TRUNCATED_RULES,
+        help="--darts.truncated: how selection treats candidates the length cap stopped (default exclude)",
     )
     parser.add_argument("--out", default="runs/sim", help="output folder")
     return parser
@@ -104,7 +111,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         names = [latency_tables.matched_name(trace, model) if name == "matched" else name for name in wanted]
         for name in names:
             table = latency_tables.resolve_latency(name)
-            variants = simulate(prompts, args.n, args.engines, table, args.variants, args.repeats, args.seed)
+            variants = simulate(
+                prompts, args.n, args.engines, table, args.variants, args.repeats, args.seed, args.truncated
+            )
             entries.append(
                 {
                     "trace": Path(trace).parent.name if trace.endswith(".json") else trace,
@@ -126,6 +135,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "repeats": args.repeats,
             "seed": args.seed,
             "prompt_spread_override": args.prompt_spread,
+            "truncated": args.truncated,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "note": "cost-model estimates (openrlhf_darts.sim); synthetic families and tables are assumptions",
         },

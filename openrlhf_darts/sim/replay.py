@@ -14,6 +14,9 @@ A step of N prompts runs on E engines:
 3. **Time**: each candidate decodes its effective length (``core.cost_model.effective_lengths``: shortest-only groups
    stop at the n-th shortest valid length), an engine's time is ``core.cost_model.rollout_time`` over all its
    candidates, and the step takes the slowest engine's time.
+4. **Kept**: ``core.selection.select_dual_end``. Both steps 3 and 4 follow ``truncated_rule`` (``--truncated``, as
+   ``--darts.truncated``): with ``long_end`` a dual-end group keeps truncated candidates as its long end and a
+   shortest-only group stops after its first n stops of any kind (with truncation at the cap, the same decode time).
 
 Candidates are common random numbers: every variant uses the first M'_i of the same 2n draws per prompt, so the
 variants differ by their plans only. Assumed, as in the paper's model: all of an engine's candidates start together and
@@ -29,13 +32,14 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
+from openrlhf_darts.core._checks import check_choice
 from openrlhf_darts.core.allocation import build_plans, normalize_weights
 from openrlhf_darts.core.budget import fixed_budget
 from openrlhf_darts.core.cost_model import effective_lengths, rollout_time
 from openrlhf_darts.core.length_fit import group_cap
 from openrlhf_darts.core.length_stats import LengthStats
 from openrlhf_darts.core.selection import select_dual_end
-from openrlhf_darts.core.types import GroupPlan
+from openrlhf_darts.core.types import TRUNCATED_RULES, GroupPlan
 from openrlhf_darts.sim.traces import Candidate, sample_batch
 
 VARIANTS = ("baseline", "dual_end", "shortest_only", "adaptive")
@@ -116,6 +120,7 @@ def simulate_step(
     plans: Sequence[GroupPlan],
     num_engines: int,
     latency: Callable[[int], float],
+    truncated_rule: str = "exclude",
 ) -> StepResult:
     """Replay one step: prompt i uses the first ``plans[i].num_candidates`` of ``candidates[i]`` (module docstring)."""
     if len(candidates) != len(plans) or not plans:
@@ -130,8 +135,8 @@ def simulate_step(
             raise ValueError(f"prompt {i} has {len(group)} candidates but its plan launches {plan.num_candidates}")
         lengths = [length for length, _ in group[: plan.num_candidates]]
         truncated = [cut for _, cut in group[: plan.num_candidates]]
-        effective = effective_lengths(lengths, truncated, plan)
-        kept = select_dual_end(lengths, truncated, plan.num_keep, plan.num_long)
+        effective = effective_lengths(lengths, truncated, plan, truncated_rule)
+        kept = select_dual_end(lengths, truncated, plan.num_keep, plan.num_long, truncated_rule)
         per_engine[engine].extend(effective)
         generated += sum(effective)
         kept_tokens += sum(lengths[j] for j in kept)
@@ -157,13 +162,16 @@ def simulate(
     variants: Sequence[str] = VARIANTS,
     repeats: int = 3,
     seed: int = 0,
+    truncated_rule: str = "exclude",
 ) -> dict[str, dict]:
     """Mean figures over ``repeats`` independent steps per variant, plus speedups against the baseline.
 
     ``prompts`` are length distributions with ``sample(rng, k)`` (``sim.traces``). Each repeat draws 2n candidates and
-    a ceil(1.25 n) history per prompt, shared by every variant (common random numbers).
+    a ceil(1.25 n) history per prompt, shared by every variant (common random numbers). ``truncated_rule`` is
+    ``--darts.truncated`` (module docstring, steps 3-4).
     """
     _check_n(n)
+    check_choice("truncated_rule", truncated_rule, TRUNCATED_RULES)
     for variant in variants:
         if variant not in VARIANTS:
             raise ValueError(f"variant={variant!r} is not one of {list(VARIANTS)}")
@@ -180,7 +188,7 @@ def simulate(
         )
         for variant in variants:
             plans = plan_batch(variant, n, len(prompts), history)
-            steps[variant].append(simulate_step(candidates, plans, num_engines, latency))
+            steps[variant].append(simulate_step(candidates, plans, num_engines, latency, truncated_rule))
     results = {}
     for variant, runs in steps.items():
         summary = {

@@ -16,7 +16,7 @@ from openrlhf_darts.config import DartsConfig
 from openrlhf_darts.core.allocation import build_plans, normalize_weights
 from openrlhf_darts.core.budget import BudgetChoice, fixed_budget, utility_budget
 from openrlhf_darts.core.cost_model import PerTokenLatency
-from openrlhf_darts.core.length_fit import fit_lengths, group_cap, impute_aborted
+from openrlhf_darts.core.length_fit import fit_lengths, impute_aborted, outcome_cap
 from openrlhf_darts.core.length_stats import LengthStats
 from openrlhf_darts.core.types import GroupOutcome, GroupPlan
 
@@ -83,7 +83,7 @@ class GroupPlanner:
         if config.budget == "cost_model" and self.history:
             history = [group for step in self.history for group in step]
             # The replay allocates with this batch's weights and keys and the same schedule, so the plan it scores at
-            # each budget is the plan build_plans returns in plan().
+            # each budget is the plan build_plans returns in plan(); it selects and stops groups by --darts.truncated.
             choice = utility_budget(
                 history,
                 num_prompts=len(weights),
@@ -97,6 +97,7 @@ class GroupPlanner:
                 tail_prune=schedule,
                 weights=weights,
                 tie_keys=keys,
+                truncated_rule=config.truncated,
             )
             self.last_budget_mode = "cost_model"
             self.last_budget_choice = choice
@@ -109,12 +110,12 @@ class GroupPlanner:
     def observe(self, prompts: Sequence[str], outcomes: Sequence[GroupOutcome], max_tokens: int | None = None) -> None:
         """Update the per-prompt spread from one step's outcomes (spec 3(d)2: all candidates, censored flagged).
 
-        ``max_tokens`` is the step's generation cap (upstream's max_new_tokens, or max_len when that is dynamic): the
-        censored fit clips there unless a group's truncated candidates show its own cap (``length_fit.group_cap``).
+        The censored fit clips at each group's own cap, the ``max_tokens`` the engine recorded in its outcome.
+        ``max_tokens`` here only serves records without one (``length_fit.outcome_cap``: saved reports).
         """
         step = []
         for prompt, outcome in zip(prompts, outcomes, strict=True):
-            cap = group_cap(outcome.lengths, outcome.truncated, max_tokens)
+            cap = outcome_cap(outcome, max_tokens)
             if self.config.stats_source == "kept":
                 self.stats.update(prompt_key(prompt), list(outcome.kept_lengths), [], cap)
             else:

@@ -69,8 +69,7 @@ class DartsSamplesGenerator(upstream.SamplesGenerator):
             result = super().generate_samples(**generate_kwargs)
         finally:
             self._training_rollout = False
-        # The generation cap the censored length fit clips at (max_new_tokens; when None upstream uses max_len - prompt)
-        self._collect_outcomes(generate_kwargs.get("max_new_tokens") or generate_kwargs.get("max_len", 2048))
+        self._collect_outcomes()
         return result
 
     def _dispatch_prompts_to_vllm(self, prompts, labels, *, images=None, **generate_kwargs):
@@ -121,12 +120,14 @@ class DartsSamplesGenerator(upstream.SamplesGenerator):
                 self._ref_groups[refs[-1]] = group_id
         return refs
 
-    def _collect_outcomes(self, max_tokens: int) -> None:
+    def _collect_outcomes(self) -> None:
+        # Each outcome carries its group's generation cap (the max_tokens its requests reached the engine with, which
+        # upstream's executor sets to max_len - prompt tokens when max_new_tokens is None): the length fits clip there.
         records = [r for rs in ray.get([e.pop_group_outcomes.remote() for e in self.vllm_engines]) for r in rs]
         records.sort(key=lambda r: r["group_id"])
         prompts = [self._group_prompts.pop(r["group_id"]) for r in records]
         outcomes = [GroupOutcome.from_dict(r["outcome"]) for r in records]
-        self.planner.observe(prompts, outcomes, max_tokens)
+        self.planner.observe(prompts, outcomes)
         self.last_outcomes = outcomes
         metrics = outcome_metrics(outcomes)
         metrics["darts/budget"] = float(self._planned_candidates)

@@ -14,7 +14,9 @@ PROMPT = "the cat runs over the big dog"
 def _params(tokenizer, max_tokens=48):
     from vllm import SamplingParams
 
-    return SamplingParams(temperature=1.0, max_tokens=max_tokens, min_tokens=1, stop_token_ids=stop_token_ids(tokenizer))
+    return SamplingParams(
+        temperature=1.0, max_tokens=max_tokens, min_tokens=1, stop_token_ids=stop_token_ids(tokenizer)
+    )
 
 
 def _run_group(ray_cluster, engine, tokenizer, plan, max_tokens=48, **extra):
@@ -109,6 +111,34 @@ def test_long_end_keeps_truncated_candidates_as_the_long_end(ray_cluster, darts_
     assert [_response_length(r) for r in responses] == list(outcome.kept_lengths)
     assert all(r["truncated"] for r, j in zip(responses, outcome.kept) if outcome.truncated[j])
     assert count_lines(reward_log) - calls_before == 6
+
+
+def test_outcome_records_the_cap_upstream_computed(ray_cluster, darts_engine, tokenizer):
+    # With max_new_tokens None (sampling_params.max_tokens None), upstream's executor caps each request at
+    # max_length - prompt tokens. Computed here from the tokenizer, and checked against where the executor put the
+    # prompt/response boundary in its own responses.
+    from vllm import SamplingParams
+
+    prompt_tokens = len(tokenizer(PROMPT, add_special_tokens=False)["input_ids"])
+    max_length = prompt_tokens + 14
+    params = SamplingParams(temperature=1.0, max_tokens=None, min_tokens=1, stop_token_ids=stop_token_ids(tokenizer))
+    responses = ray_cluster.get(
+        darts_engine.generate_group.remote(
+            prompt=PROMPT, label="", sampling_params=params, max_length=max_length, hf_tokenizer=tokenizer,
+            plan=GroupPlan(16, 4, 1), group_id=8,
+        )
+    )  # fmt: skip
+    (record,) = ray_cluster.get(darts_engine.pop_group_outcomes.remote())
+    outcome = GroupOutcome.from_dict(record["outcome"])
+    assert all(r["action_ranges"][0][0] == prompt_tokens for r in responses)
+    assert outcome.max_tokens == max_length - prompt_tokens == 14
+    # The tiny model stops about 4% a step, so about 0.96^14 = 56% of 16 candidates run into the cap (none of them:
+    # 0.44^16 = 2e-6), and the engine cut them exactly at the recorded cap.
+    truncated = [outcome.lengths[j] for j in range(16) if outcome.truncated[j]]
+    assert truncated and set(truncated) == {14}, (outcome.lengths, outcome.truncated)
+    # An explicit max_new_tokens is the cap as given.
+    _, explicit = _run_group(ray_cluster, darts_engine, tokenizer, GroupPlan(4, 2, 1), max_tokens=9)
+    assert explicit.max_tokens == 9
 
 
 def test_unknown_truncated_rule_is_rejected(ray_cluster, darts_engine, tokenizer):

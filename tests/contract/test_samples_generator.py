@@ -69,6 +69,39 @@ def test_darts_composes_with_dynamic_filtering(ray_cluster, darts_engine, tokeni
     assert ray_cluster.get(darts_engine.get_num_unfinished_requests.remote()) == 0
 
 
+def test_each_group_records_its_own_cap_and_the_length_fit_clips_there(ray_cluster, darts_engine, tokenizer):
+    import math
+    from types import SimpleNamespace
+
+    from openrlhf_darts.core.length_fit import fit_lengths
+    from openrlhf_darts.trainer.planner import prompt_key
+    from openrlhf_darts.trainer.samples_generator import DartsSamplesGenerator
+
+    # max_new_tokens None: upstream's executor gives each prompt max_len - its own token count, so prompts of
+    # different lengths run under different caps (computed here from the tokenizer).
+    prompts = ["a cat", "the dog jumps over the red cat", "one two three four five six seven eight nine ten eleven"]
+    prompt_tokens = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    max_len = max(prompt_tokens) + 12
+    caps = [max_len - count for count in prompt_tokens]
+    assert len(set(caps)) == 3  # precondition: three different caps
+    args = rollout_args(n=4, batch_size=3, darts={"enable": True, "selection": "dual_end", "num_long": 1})
+    config = DartsConfig.from_args(args)
+    generator = DartsSamplesGenerator(
+        SimpleNamespace(args=args), prompt_batches(prompts, 3), None, tokenizer, [darts_engine], config
+    )
+    generator.generate_samples(temperature=1.0, top_p=1.0, max_new_tokens=None, max_len=max_len)
+    outcomes = generator.last_outcomes  # in dispatch order: the batch's order
+    assert [o.max_tokens for o in outcomes] == caps
+    # The length statistics fit each group clipped at its own cap, not at a step-wide guess such as max_len.
+    for prompt, outcome, cap in zip(prompts, outcomes, caps):
+        fit = fit_lengths(outcome.lengths, outcome.censored, cap)
+        assert generator.planner.stats.std(prompt_key(prompt)) == fit.std
+    metrics = generator.pop_metrics()
+    estimate = metrics["darts/length_mean_estimate"]
+    assert math.isfinite(estimate) and 0.0 < estimate <= max(caps)
+    assert ray_cluster.get(darts_engine.get_num_unfinished_requests.remote()) == 0
+
+
 def test_warmup_steps_plan_an_even_shortest_only_batch_then_hand_over_to_the_planner(
     ray_cluster, darts_engine, tokenizer
 ):

@@ -182,20 +182,26 @@ def test_utility_budget_rejects_bad_input(changes, error, message):
 def test_budget_choice_is_validated():
     plans = (GroupPlan(2, 2, 0), GroupPlan(2, 2, 0))
     with pytest.raises(ValueError, match="grid=()"):
-        BudgetChoice(4, 2.0, -1.0, 0.0, 1.0, grid=(), plans=plans, rollout_time_s=1.0)
+        BudgetChoice(4, 2.0, -1.0, 0.0, 1.0, grid=(), plans=plans, rollout_time_s=1.0, kept_length_mean=3.0)
     with pytest.raises(ValueError, match="utility=nan is not finite"):
-        BudgetChoice(4, 2.0, float("nan"), 0.0, 1.0, grid=((2.0, -1.0),), plans=plans, rollout_time_s=1.0)
+        BudgetChoice(
+            4, 2.0, float("nan"), 0.0, 1.0, grid=((2.0, -1.0),), plans=plans, rollout_time_s=1.0, kept_length_mean=3.0
+        )
     with pytest.raises(ValueError, match="plans hold 4 candidates but budget=5"):
-        BudgetChoice(5, 2.5, -1.0, 0.0, 1.0, grid=((2.5, -1.0),), plans=plans, rollout_time_s=1.0)
+        BudgetChoice(
+            5, 2.5, -1.0, 0.0, 1.0, grid=((2.5, -1.0),), plans=plans, rollout_time_s=1.0, kept_length_mean=3.0
+        )
 
 
 # ---- the replay scores the plan that will run (issue 11, item 4)
 
 
-def independent_step_time(samples, plans, num_engines, per_token_latency):
+def independent_step_time(samples, plans, num_engines, per_token_latency, truncated_rule="exclude"):
     """Mean over draws of the slowest engine's T, written from the spec: prompts go in order to the engine with the
-    fewest candidates so far (ties: lowest index); a shortest-only group's candidates decode up to its release length,
-    the num_keep-th shortest untruncated length (all run fully with fewer valid); dual-end ones run to their end."""
+    fewest candidates so far (ties: lowest index); dual-end groups run to their end. A shortest-only group's candidates
+    decode up to its release length: under "exclude" the num_keep-th shortest untruncated length (all run fully with
+    fewer valid); under "long_end" the step at which its num_keep-th candidate stops, truncated or not, every candidate
+    advancing one token per step (lockstep)."""
     loads, engine_of = [0] * num_engines, []
     for plan in plans:
         engine = min(range(num_engines), key=lambda e: (loads[e], e))
@@ -206,12 +212,16 @@ def independent_step_time(samples, plans, num_engines, per_token_latency):
         pooled = [[] for _ in range(num_engines)]
         for p, plan in enumerate(plans):
             group = drawn[p][: plan.num_candidates]
-            valid = sorted(length for length, cut in group if not cut)
-            if plan.num_long == 0 and len(valid) >= plan.num_keep:
-                release = valid[plan.num_keep - 1]
-                pooled[engine_of[p]] += [min(length, release) for length, _ in group]
-            else:
-                pooled[engine_of[p]] += [length for length, _ in group]
+            release = None
+            if plan.num_long == 0 and truncated_rule == "long_end":
+                step = 0
+                while sum(length <= step for length, _ in group) < plan.num_keep:
+                    step += 1
+                release = step
+            elif plan.num_long == 0:
+                valid = sorted(length for length, cut in group if not cut)
+                release = valid[plan.num_keep - 1] if len(valid) >= plan.num_keep else None
+            pooled[engine_of[p]] += [length if release is None else min(length, release) for length, _ in group]
         total += max(rollout_time(lengths, per_token_latency) for lengths in pooled)
     return total / len(samples)
 
@@ -253,6 +263,76 @@ def test_replay_predicts_the_time_of_the_plan_that_runs():
     assert [p.num_long for p in build_plans([1.0] * 4, 12, 2, 1, 2, 4, "paper")] == [1, 1, 1, 1]
 
 
+# One draw, one recorded group per prompt, every group under the cap 100 with one truncated candidate.
+CAPPED = [
+    [
+        [(100, True), (50, False), (30, False), (10, False)],
+        [(20, False), (100, True), (24, False), (26, False)],
+        [(60, False), (45, False), (100, True), (5, False)],
+        [(15, False), (16, False), (17, False), (100, True)],
+    ]
+]
+
+
+def test_replay_under_long_end_keeps_truncated_candidates_as_the_long_end():
+    # M'_i = 3 for every prompt, L = 1 (tail pruning off): every group runs to its end under either rule, so T is the
+    # same, but the kept sets differ. Each group's first 3 candidates, keeping the shortest and the longest:
+    #   exclude (untruncated only): p0 30 + 50 = 80, p1 20 + 24 = 44, p2 45 + 60 = 105, p3 15 + 17 = 32 -> 261 / 8
+    #   long_end (truncated longest): p0 30 + 100 = 130, p1 20 + 100 = 120, p2 45 + 100 = 145, p3 32 -> 427 / 8
+    # The baseline M'_i = M = 2 keeps the first two of each: 150 + 120 + 105 + 31 = 406, mean 50.75.
+    kwargs = dict(
+        num_keep=2, num_long=1, min_candidates=3, max_candidates=3, per_token_latency=linear, num_engines=2,
+        tail_prune="off", cost_weight=0.0,
+    )  # fmt: skip
+    first_three = [[group[:3] for group in CAPPED[0]]]
+    for rule, kept_mean in (("exclude", 261 / 8), ("long_end", 427 / 8)):
+        choice = replay_budget(first_three, truncated_rule=rule, **kwargs)
+        assert choice.budget == 12 and all(plan == GroupPlan(3, 2, 1) for plan in choice.plans)
+        assert choice.kept_length_mean == pytest.approx(kept_mean, rel=1e-12)
+        assert choice.effectiveness == pytest.approx((50.75 - kept_mean) / 50.75, rel=1e-12)
+        assert choice.rollout_time_s == pytest.approx(
+            independent_step_time(first_three, choice.plans, 2, linear, rule), rel=1e-12
+        )
+
+
+def test_replay_under_long_end_predicts_the_plan_that_runs_and_its_kept_mean():
+    weights = normalize_weights([80.0, 3.0, 20.0, 1.0])
+    keys = ["d41d", "8f00", "b204", "e980"]
+    kwargs = dict(
+        num_keep=2, num_long=1, min_candidates=2, max_candidates=4, per_token_latency=linear, num_engines=2,
+        tail_prune="paper", tie_keys=keys,
+    )  # fmt: skip
+    budgets = set()
+    for batch_weights in (weights, [1.0] * 4):
+        for cost_weight in (0.0, 1.0, 100.0):
+            choice = replay_budget(
+                CAPPED, cost_weight=cost_weight, weights=batch_weights, truncated_rule="long_end", **kwargs
+            )
+            budgets.add(choice.budget)
+            assert list(choice.plans) == build_plans(batch_weights, choice.budget, 2, 1, 2, 4, "paper", keys)
+            expected = independent_step_time(CAPPED, choice.plans, 2, linear, "long_end")
+            assert choice.rollout_time_s == pytest.approx(expected, rel=1e-12)
+    assert len(budgets) > 1  # precondition: more than one plan was checked
+    # With lambda = 0 the rule changes the budget. At budget 13 the plans are [(4, 0), (3, 1), (4, 0), (2, 1)]:
+    # p0 keeps its 2 shortest 10 + 30 = 40 (shortest-only; it stops at its 2nd stop, 30), p2 5 + 45 = 50, p3 both,
+    # 15 + 16 = 31; p1 runs dual-end over 20, 100 (truncated), 24 and keeps the shortest and the longest:
+    #   exclude: 20 + 24 = 44 -> (40 + 44 + 50 + 31) / 8 = 20.625, E = (50.75 - 20.625) / 50.75
+    #   long_end: 20 + 100 = 120 -> (40 + 120 + 50 + 31) / 8 = 30.125, E = (50.75 - 30.125) / 50.75
+    # At budget 14 p1 turns shortest-only too (4 candidates, M_up): 20 + 24 = 44 under both rules, mean 20.625. So
+    # exclude ties 13 and 14 and keeps the cheaper 13; long_end needs 14 to keep the truncated candidate out.
+    exclude = replay_budget(CAPPED, cost_weight=0.0, weights=weights, **kwargs)
+    long_end = replay_budget(CAPPED, cost_weight=0.0, weights=weights, truncated_rule="long_end", **kwargs)
+    assert [(p.num_candidates, p.num_long) for p in build_plans(weights, 13, 2, 1, 2, 4, "paper", keys)] == [
+        (4, 0), (3, 1), (4, 0), (2, 1)
+    ]  # fmt: skip
+    assert (exclude.budget, long_end.budget) == (13, 14)
+    assert exclude.kept_length_mean == long_end.kept_length_mean == pytest.approx(20.625, rel=1e-12)
+    grid = dict(long_end.grid)
+    assert grid[13 / 4] == pytest.approx((50.75 - 30.125) / 50.75, rel=1e-12)
+    assert grid[14 / 4] == pytest.approx((50.75 - 20.625) / 50.75, rel=1e-12)
+    assert dict(exclude.grid)[13 / 4] == pytest.approx((50.75 - 20.625) / 50.75, rel=1e-12)
+
+
 def test_utility_budget_is_replay_budget_over_draw_replay():
     history = [[(5, False), (9, False), (30, True)], [(2, False), (40, False)]]
     args = dict(num_keep=2, num_long=1, min_candidates=2, max_candidates=4, cost_weight=0.3, per_token_latency=linear)
@@ -277,6 +357,7 @@ def test_utility_budget_is_replay_budget_over_draw_replay():
         (dict(samples=[[[(1, 0)] * 4]]), TypeError, "samples[0][0][0] truncated=0"),
         (dict(weights=[1.0, 2.0]), ValueError, "weights has 2 entries but the draws hold 1 prompts"),
         (dict(tie_keys=["a", "b"]), ValueError, "tie_keys has 2 entries but weights has 1"),
+        (dict(truncated_rule="keep"), ValueError, "truncated_rule='keep' is not one of ['exclude', 'long_end']"),
     ],
 )
 def test_replay_budget_rejects_bad_input(changes, error, message):

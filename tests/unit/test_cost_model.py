@@ -158,6 +158,34 @@ def test_hand_example_effective_lengths():
     assert effective_lengths([5, 10, 10, 10], [False, True, True, True], GroupPlan(4, 2, 0)) == [5, 10, 10, 10]
 
 
+def test_hand_example_effective_lengths_long_end():
+    # long_end: a shortest-only group stops at its num_keep-th stop of any kind. Lockstep stops at 3, 4 (truncated),
+    # 5, 9: keep 2 releases at 4, so min(l, 4) = [4, 4, 3, 4]; exclude ignores the truncated 4 and releases at 5.
+    lengths, truncated = [5, 4, 3, 9], [False, True, False, False]
+    assert effective_lengths(lengths, truncated, GroupPlan(4, 2, 0), "long_end") == [4, 4, 3, 4]
+    assert effective_lengths(lengths, truncated, GroupPlan(4, 2, 0), "exclude") == [5, 4, 3, 5]
+    # One valid candidate for keep 2: the 2nd stop is a truncated one at the cap 10, which nothing outlasts.
+    assert effective_lengths([5, 10, 10, 10], [False, True, True, True], GroupPlan(4, 2, 0), "long_end") == [
+        5, 10, 10, 10
+    ]  # fmt: skip
+    assert effective_lengths(lengths, truncated, GroupPlan(4, 2, 1), "long_end") == lengths  # dual-end: to the end
+    with pytest.raises(ValueError, match=r"truncated_rule='keep' is not one of \['exclude', 'long_end'\]"):
+        effective_lengths(lengths, truncated, GroupPlan(4, 2, 0), "keep")
+
+
+@given(st.binary(min_size=30, max_size=30))
+def test_long_end_decodes_what_exclude_decodes_when_truncation_is_at_the_cap(raw):
+    # The engine truncates at one cap per group and no finish is longer, so the num_keep-th stop of any kind is the
+    # num_keep-th valid finish whenever one exists, and the cap (all run fully) otherwise.
+    num_keep = 1 + raw[0] % 6
+    cap = 1 + raw[1] % 40
+    lengths = [b % (cap + 1) for b in raw[2 : 2 + num_keep + raw[2] % 8]]
+    truncated = [b >= 170 for b in raw[14 : 14 + len(lengths)]]
+    lengths = [cap if cut else length for length, cut in zip(lengths, truncated)]
+    plan = GroupPlan(len(lengths), num_keep, 0)
+    assert effective_lengths(lengths, truncated, plan, "long_end") == effective_lengths(lengths, truncated, plan)
+
+
 def test_hand_example_engine_rollout_time():
     # Group A shortest-only (keep 1): lengths [2, 6] -> release 2 -> effective [2, 2].
     # Group B dual-end: lengths [4, 4] -> [4, 4]. Pooled sorted [2, 2, 4, 4], PTL(r) = r:

@@ -14,7 +14,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from openrlhf_darts.core.length_fit import LengthFit, fit_lengths, fit_outcome, group_cap, impute_aborted
+from openrlhf_darts.core.length_fit import (
+    LengthFit,
+    fit_lengths,
+    fit_outcome,
+    group_cap,
+    impute_aborted,
+    outcome_cap,
+)
 from openrlhf_darts.core.length_stats import LengthStats
 from openrlhf_darts.core.types import CandidateResult, GroupOutcome, GroupPlan
 
@@ -226,6 +233,17 @@ def test_fit_outcome_takes_the_cap_from_truncated_candidates():
     assert group_cap([10, 64, 64], [False, True, True], max_tokens=128) == 64  # the engine cut these at 64
     with pytest.raises(ValueError, match=r"different lengths \[60, 64\]"):
         group_cap([60, 64], [True, True])
+
+
+def test_fit_outcome_prefers_the_cap_the_engine_recorded():
+    # The engine recorded max_tokens=50 for this group: that is its cap, whatever max_tokens the caller guesses, even
+    # without a truncated candidate to show it.
+    results = [CandidateResult(0, 10, False, False), CandidateResult(1, 20, False, False)]
+    results += [CandidateResult(2, 21, False, True), CandidateResult(3, 21, False, True)]
+    outcome = GroupOutcome.from_results(GroupPlan(4, 2, 0), results, max_tokens=50)
+    expected = fit_lengths([10, 20, 21, 21], [False, False, True, True], 50)
+    assert outcome_cap(outcome, max_tokens=128) == 50 and fit_outcome(outcome, max_tokens=128) == expected
+    assert fit_outcome(outcome) == expected and expected.cap == 50
 
 
 @pytest.mark.parametrize(

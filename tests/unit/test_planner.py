@@ -12,6 +12,8 @@ import random
 import pytest
 
 from openrlhf_darts.config import DartsConfig
+from openrlhf_darts.core.allocation import normalize_weights
+from openrlhf_darts.core.budget import utility_budget
 from openrlhf_darts.core.cost_model import PerTokenLatency
 from openrlhf_darts.core.length_fit import fit_lengths
 from openrlhf_darts.core.types import CandidateResult, GroupOutcome, GroupPlan
@@ -72,6 +74,32 @@ def test_cost_model_plans_what_it_replayed(tmp_path):
     assert pruned > 0  # precondition: tail pruning happened, so the replay had to model it
 
 
+def test_cost_model_replays_under_the_truncation_rule(tmp_path):
+    # Under --darts.truncated long_end the replay keeps truncated candidates as a dual-end group's long end (and stops
+    # shortest-only groups at their first n stops), so it scores budgets differently from exclude: the planner's
+    # choice is the long_end replay of its own history, weights and keys.
+    cfg = config(tmp_path, budget="cost_model", max_candidates=8, cost_weight=0.0, truncated="long_end")
+    planner = GroupPlanner(cfg, num_engines=2)
+    rng = random.Random(3)
+    spreads = [1.0, 0.1, 0.9, 0.9, 0.1, 0.8, 0.1, 0.7]
+    for _ in range(2):
+        run_step(planner, rng, spreads, cap=200)  # median length e^5 = 148: the cap truncates the wide prompts often
+    keys = [prompt_key(p) for p in PROMPTS]
+    weights = normalize_weights(planner.stats.weights(keys), cfg.weight_norm)
+    history = [group for step in planner.history for group in step]
+    assert any(cut for group in history for _, cut in group)  # precondition: truncated candidates to rank
+    plans = planner.plan(PROMPTS)
+    replayed = {
+        rule: utility_budget(
+            history, len(PROMPTS), 4, cfg.num_long, cfg.min_candidates, cfg.max_candidates, 0.0, planner.latency, 2,
+            cfg.tail_prune, weights=weights, tie_keys=keys, truncated_rule=rule,
+        )  # fmt: skip
+        for rule in ("exclude", "long_end")
+    }
+    assert planner.last_budget_choice == replayed["long_end"] and plans == list(replayed["long_end"].plans)
+    assert replayed["exclude"].grid != replayed["long_end"].grid  # precondition: the rules score budgets differently
+
+
 def test_history_records_truncation_and_imputes_aborted_lengths():
     planner = GroupPlanner(config())
     plan = GroupPlan(6, 4, 0)
@@ -91,6 +119,23 @@ def test_history_records_truncation_and_imputes_aborted_lengths():
     truncating = outcome(GroupPlan(4, 4, 0), [30, 40, 600, 50], cap=512)
     planner.observe(PROMPTS[:1], [truncating], max_tokens=512)
     assert planner.history[-1][0] == [(30, False), (40, False), (512, True), (50, False)]
+
+
+def test_observe_clips_at_the_cap_the_engine_recorded():
+    # The engine recorded this group's cap, 64 (max_len - prompt tokens); the step-level max_tokens=512 is only the
+    # fallback for records without one. True lengths 30, 40, 50, 60 finish; two are aborted at 61.
+    results = [CandidateResult(j, length, False, False) for j, length in enumerate([30, 40, 50, 60])]
+    results += [CandidateResult(4, 61, False, True), CandidateResult(5, 61, False, True)]
+    record = GroupOutcome.from_results(GroupPlan(6, 4, 0), results, max_tokens=64)
+    planner = GroupPlanner(config())
+    planner.observe(PROMPTS[:1], [record], max_tokens=512)
+    at_64 = fit_lengths(record.lengths, record.censored, 64)
+    assert at_64.std != fit_lengths(record.lengths, record.censored, 512).std  # precondition: the cap matters
+    assert planner.stats.std(prompt_key(PROMPTS[0])) == at_64.std
+    # The aborted pair's imputed lengths come from the fit clipped at 64: at most 64, and at 64 as truncated.
+    imputed = planner.history[-1][0][4:]
+    assert imputed == [at_64.tail_quantile(61, 0.25), at_64.tail_quantile(61, 0.75)]
+    assert all(length <= 64 and cut == (length == 64) for length, cut in imputed)
 
 
 def test_first_step_ties_go_by_prompt_key_not_position():

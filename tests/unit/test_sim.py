@@ -20,6 +20,7 @@ from openrlhf_darts.core.cost_model import PerTokenLatency
 from openrlhf_darts.core.types import GroupPlan
 from openrlhf_darts.sim.latency import gpu_like_synthetic, resolve_latency
 from openrlhf_darts.sim.replay import (
+    VARIANTS,
     assign_engines,
     plan_batch,
     recorded_rollout_time,
@@ -157,6 +158,28 @@ def test_truncated_candidates_do_not_release_a_shortest_only_group():
     # keep 2 of (3, cap 8 truncated, 8 truncated): one valid finish < 2, so nothing stops early: 8 ticks.
     step = simulate_step([[(3, False), (8, True), (8, True)]], [GroupPlan(3, 2, 0)], 1, constant(1.0))
     assert step.rollout_time_s == 8.0
+
+
+def test_long_end_keeps_the_truncated_candidate_as_the_long_end():
+    # Plan 3, keep 2, L = 1 over (2, 9, cap 12 truncated): all run to the end under either rule (12 s at 1 s per
+    # step), but exclude keeps 2 + 9 = 11 and long_end (--darts.truncated long_end) 2 + 12 = 14.
+    group = [[(2, False), (9, False), (12, True)]]
+    for rule, kept in (("exclude", 11), ("long_end", 14)):
+        step = simulate_step(group, [GroupPlan(3, 2, 1)], 1, constant(1.0), rule)
+        assert (step.rollout_time_s, step.tokens_kept) == (12.0, kept)
+    # Shortest-only, keep 2 of (3, cap 8, 8): under long_end its 2nd stop is a truncated one at the cap, 8 steps,
+    # the same as exclude's "too few valid finishes, all run".
+    step = simulate_step([[(3, False), (8, True), (8, True)]], [GroupPlan(3, 2, 0)], 1, constant(1.0), "long_end")
+    assert (step.rollout_time_s, step.tokens_kept) == (8.0, 11)
+    prompts = [LogNormalPrompt(40.0, 1.0, cap=60)] * 4
+    with pytest.raises(ValueError, match=r"truncated_rule='keep' is not one of \['exclude', 'long_end'\]"):
+        simulate(prompts, 2, 1, constant(1.0), truncated_rule="keep")
+    # A cap at about the median truncates often: the rule moves the dual-end kept mean, never the time.
+    figures = {rule: simulate(prompts, 2, 1, linear(1.0), truncated_rule=rule) for rule in ("exclude", "long_end")}
+    for variant in VARIANTS:
+        exclude, long_end = figures["exclude"][variant], figures["long_end"][variant]
+        assert exclude["rollout_time_s"] == long_end["rollout_time_s"]
+    assert figures["long_end"]["dual_end"]["kept_length_mean"] > figures["exclude"]["dual_end"]["kept_length_mean"]
 
 
 def test_recorded_replay_pools_all_groups_on_one_engine():

@@ -325,3 +325,35 @@ def test_from_dict_reads_records_written_before_the_truncated_rule():
     data = base_outcome().to_dict()
     del data["truncated_rule"]
     assert GroupOutcome.from_dict(data) == base_outcome()
+
+
+def test_max_tokens_is_recorded_validated_and_round_trips():
+    # The hand example's group ran under a cap of 20: candidate 3 was truncated exactly there.
+    plan = GroupPlan(5, 3, 1)
+    results = [
+        CandidateResult(0, 5, False, False),
+        CandidateResult(1, 9, False, False),
+        CandidateResult(2, 12, False, False),
+        CandidateResult(3, 20, True, False),
+        CandidateResult(4, 6, False, True),
+    ]
+    outcome = GroupOutcome.from_results(plan, results, max_tokens=20)
+    assert outcome.max_tokens == 20 and outcome.to_dict()["max_tokens"] == 20
+    assert GroupOutcome.from_dict(json.loads(json.dumps(outcome.to_dict()))) == outcome
+    assert GroupOutcome.from_results(plan, results).max_tokens is None  # unknown cap
+    with pytest.raises(ValueError, match="candidate 3 is truncated at length 20 but max_tokens=24"):
+        GroupOutcome.from_results(plan, results, max_tokens=24)
+    with pytest.raises(ValueError, match="lengths\\[3\\]=20 exceeds max_tokens=19"):
+        dataclasses.replace(outcome, max_tokens=19)
+    with pytest.raises(ValueError, match="max_tokens=0 is below 1"):
+        dataclasses.replace(base_outcome(), max_tokens=0)
+    with pytest.raises(TypeError, match="max_tokens=True has type bool"):
+        dataclasses.replace(base_outcome(), max_tokens=True)
+    with pytest.raises(TypeError, match="max_tokens=20.0 has type float"):
+        GroupOutcome.from_dict({**outcome.to_dict(), "max_tokens": 20.0})
+
+
+def test_from_dict_reads_records_written_before_the_cap_was_recorded():
+    data = base_outcome().to_dict()
+    del data["max_tokens"]
+    assert GroupOutcome.from_dict(data) == base_outcome() and GroupOutcome.from_dict(data).max_tokens is None
