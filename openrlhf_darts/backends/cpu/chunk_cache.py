@@ -150,6 +150,11 @@ def critic_step(critic: torch.nn.Module) -> ChunkStep:
     return step
 
 
+def max_live_caches(args) -> int:
+    """Per scorer actor, the most samples whose KV cache may live at once: `--darts.max_live_caches` (default 64)."""
+    return args.darts.max_live_caches
+
+
 class ChunkScoringMixin:
     """The remote chunk methods, shared by the CPU actors and the GPU chunked actors; `self.chunks` is a ChunkCache.
 
