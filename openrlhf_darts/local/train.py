@@ -63,7 +63,7 @@ def logical_resources(args) -> tuple[int, int]:
         gpus += args.ref.num_nodes * args.ref.num_gpus_per_node
     if args.algo.advantage.estimator == "gae":
         gpus += args.critic.num_nodes * args.critic.num_gpus_per_node
-    if not args.reward.remote_url:
+    if not (args.reward.remote_url or args.train.agent_func_path):  # an agent scores its own samples (no RM)
         gpus += args.reward.num_nodes * args.reward.num_gpus_per_node
     return gpus + 2, gpus  # +2 CPUs: the trainer actor and Ray's own tasks
 
