@@ -115,9 +115,12 @@ def run(
     progress_desc: str = "train",
     total_steps: int | None = None,
     env_vars: dict[str, str] | None = None,
+    classes: dict | None = None,
 ) -> list[dict]:
     """Run upstream's `train_ppo_ray` locally with `CPU_FLAGS + argv`; returns the per-step records.
 
+    `classes` replaces some of the four swapped-in Ray classes (keys of `upstream.train_classes`: trainer, rollout,
+    policy, reference, critic), e.g. with subclasses that probe the run (tests/contract/test_resume.py).
     Starts and shuts down its own Ray cluster, so it raises ValueError if Ray is already initialized in this process.
     """
     import ray
@@ -168,15 +171,14 @@ def run(
                 log = stack.enter_context(open(run_dir / "driver.log", "w"))
                 stack.enter_context(contextlib.redirect_stdout(log))
             stack.enter_context(upstream.darts_flags_in_upstream_cli(on_parsed))
-            stack.enter_context(
-                upstream.train_classes(
-                    trainer=LocalPPOTrainer,
-                    rollout=DartsRolloutRayActor,
-                    policy=actor_class("policy"),
-                    reference=actor_class("reference"),
-                    critic=actor_class("critic"),
-                )
-            )
+            swapped = {
+                "trainer": LocalPPOTrainer,
+                "rollout": DartsRolloutRayActor,
+                "policy": actor_class("policy"),
+                "reference": actor_class("reference"),
+                "critic": actor_class("critic"),
+            }
+            stack.enter_context(upstream.train_classes(**{**swapped, **(classes or {})}))
             runpy.run_module("openrlhf.cli.train_ppo_ray", run_name="__main__", alter_sys=True)
     finally:
         sys.argv = saved_argv
