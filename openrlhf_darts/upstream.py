@@ -236,8 +236,8 @@ def model_side():
 
     `BaseModelActor` (launcher.py) gives the Ray-group protocol (`execute_batch`, `get_master_addr_port`, the
     MASTER_ADDR/RANK environment); `Actor` and the critic class are upstream's modules, loaded in fp32 on CPU;
-    `PolicyLoss`, `ValueLoss`, `aggregate_loss`, `compute_approx_kl`, `masked_mean`, `iter_grad_accum_global_norm`
-    and the replay-buffer helpers are upstream's pure functions.
+    `PolicyLoss`, `ValueLoss`, `iter_grad_accum_global_norm` and the replay-buffer helpers are upstream's pure
+    functions; `policy_training_step` / `critic_training_step` are upstream's per-micro-batch training steps.
     """
     import types
 
@@ -261,9 +261,6 @@ def model_side():
         critic_model_class=_model._get_critic_model,
         PolicyLoss=_loss.PolicyLoss,
         ValueLoss=_loss.ValueLoss,
-        aggregate_loss=_loss.aggregate_loss,
-        compute_approx_kl=_model_utils.compute_approx_kl,
-        masked_mean=_model_utils.masked_mean,
         log_probs_from_logits=_model_utils.log_probs_from_logits,
         iter_grad_accum_global_norm=_loss_utils.iter_grad_accum_global_norm,
         NaiveReplayBuffer=NaiveReplayBuffer,
