@@ -347,7 +347,7 @@ def test_moe_balancing_loss_reaches_the_router(ray_cluster, tmp_path):
 
     def router(group):
         (actor,) = upstream.actor_handles(group)
-        gate = actor.__ray_call__.remote(lambda self: self.actor.model.model.layers[0].mlp.gate.weight.detach().clone())
+        gate = actor.__ray_call__.remote(lambda self: self.actor.model.model.layers[0].mlp.gate.weight.detach())
         return ray_cluster.get(gate)
 
     results = {}

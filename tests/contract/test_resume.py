@@ -180,5 +180,6 @@ def test_resumed_engine_serves_the_restored_weights(runs):
 def test_generation_after_resume_is_not_compared(runs):
     """vLLM's sampling RNG is not restored: step 4's candidates may differ. Printed for the record, not asserted."""
     (fresh, _), (resumed, _) = runs
-    print(f"step {K + 1} candidate lengths: uninterrupted {fresh['lengths_after']}, resumed {resumed['lengths_after']}")
+    lengths = f"uninterrupted {fresh['lengths_after']}, resumed {resumed['lengths_after']}"
+    print(f"step {K + 1} candidate lengths: {lengths}")
     assert len(fresh["lengths_after"]) == len(resumed["lengths_after"]) == PER_STEP

@@ -74,7 +74,7 @@ def test_settings_module_loads_no_heavy_package():
 
 
 def test_only_backends_cpu_reads_the_cpu_variables():
-    """The CPU variables are read in settings.py alone (the benchmarks only name them, to set them for their actors)."""
+    """The CPU variables are read in settings.py alone (the benchmarks name them only to set them for their actors)."""
     from pathlib import Path
 
     import openrlhf_darts

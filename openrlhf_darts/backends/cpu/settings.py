@@ -1,10 +1,10 @@
 """Settings that exist only on a CPU machine, read from the environment and validated in one place.
 
-| variable                            | default           | valid           | what                                         |
-|-------------------------------------|-------------------|-----------------|----------------------------------------------|
-| `OPENRLHF_DARTS_CPU_KV_CACHE_BYTES` | 268435456 (256 MiB)| >= 1048576     | vLLM KV cache of each CPU engine             |
-| `OPENRLHF_DARTS_CPU_MAX_NUM_SEQS`   | unset: vLLM's own | >= 1            | requests one CPU engine runs at once         |
-| `OPENRLHF_DARTS_CPU_THREADS`        | 1                 | >= 1            | torch threads of each CPU model actor        |
+| variable                            | default                   | valid        | what                          |
+|-------------------------------------|---------------------------|--------------|-------------------------------|
+| `OPENRLHF_DARTS_CPU_KV_CACHE_BYTES` | 268435456 (256 MiB)       | >= 1048576   | vLLM KV cache of each engine  |
+| `OPENRLHF_DARTS_CPU_MAX_NUM_SEQS`   | unset: vLLM's own default | >= 1         | requests one engine runs      |
+| `OPENRLHF_DARTS_CPU_THREADS`        | 1                         | >= 1         | torch threads per model actor |
 
 Why environment variables and not flags: they size CPU-only resources of processes that never see upstream's args
 (engine actors are built by upstream's `create_vllm_engines`, OPENRLHF_SEAMS.md §9 item 9), on GPU they mean nothing,
