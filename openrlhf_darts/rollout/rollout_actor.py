@@ -28,6 +28,7 @@ import time
 
 import ray
 
+from openrlhf_darts import upstream
 from openrlhf_darts.core.selection import GroupSelector
 from openrlhf_darts.core.streaming import chunk_eligible, chunk_spans
 from openrlhf_darts.core.types import CandidateResult, GroupOutcome, GroupPlan
@@ -211,7 +212,7 @@ class DartsRolloutActor(RolloutRayActorBase):
             if CPU_MAX_NUM_SEQS:
                 kwargs.setdefault("max_num_seqs", int(CPU_MAX_NUM_SEQS))
         await super().__init__(*args, **kwargs)
-        self.llm = _ProgressStream(self.llm)
+        upstream.wrap_engine_llm(self, _ProgressStream)
         self._outcomes: list[dict] = []
         self._token_chunks: list[dict] = []
 
@@ -264,7 +265,8 @@ class DartsRolloutActor(RolloutRayActorBase):
             raise ValueError(f"sampling_params.n={sampling_params.n}; DARTS sends one n=1 request per candidate")
         if stream_chunk_tokens is not None and (not isinstance(stream_chunk_tokens, int) or stream_chunk_tokens < 1):
             raise ValueError(f"stream_chunk_tokens={stream_chunk_tokens!r} must be a positive int or None")
-        group = _GroupRun(plan, self.llm.abort, stream_chunk_tokens, self._token_chunks.append, group_id)
+        abort = upstream.engine_llm(self).abort
+        group = _GroupRun(plan, abort, stream_chunk_tokens, self._token_chunks.append, group_id)
         group.tasks = [
             asyncio.create_task(
                 self._run_candidate(group, i, prompt, label, sampling_params, max_length, hf_tokenizer, images)
@@ -306,16 +308,18 @@ class DartsRolloutActor(RolloutRayActorBase):
 
     def _check_rewards(self, responses: list[dict]) -> None:
         # Upstream's executor logs a failed reward call at info level and returns reward=None; a DARTS step fails.
-        if getattr(self.executor, "reward_endpoints", None) and any(r["reward"] is None for r in responses):
+        endpoints = upstream.reward_endpoints(self.executor)
+        if endpoints and any(r["reward"] is None for r in responses):
             raise RuntimeError(
-                f"reward call to {self.executor.reward_endpoints} returned no reward for a kept sample; see the "
+                f"reward call to {endpoints} returned no reward for a kept sample; see the "
                 "engine actor's log for the underlying error"
             )
 
     async def update_weights_from_lists(self, named_payloads: list, final: bool = True) -> list[int]:
         """CPU weight sync: `[(name, dtype, shape, bytes)]` to every worker; `final` loads the buffered sync
         (backends/cpu/worker_extension.py)."""
-        return await self.llm.collective_rpc("update_weights_from_lists", args=(named_payloads, final))
+        llm = upstream.engine_llm(self)
+        return await llm.collective_rpc("update_weights_from_lists", args=(named_payloads, final))
 
     def pop_token_chunks(self) -> list[dict]:
         """Token-streaming chunks emitted since the last call, in emission order: `{"key", "group_id", "start",
