@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import os
 import time
 
 import ray
@@ -40,9 +39,6 @@ logger = logging.getLogger(__name__)
 _CANDIDATE: contextvars.ContextVar[tuple["_GroupRun", int] | None] = contextvars.ContextVar(
     "darts_candidate", default=None
 )
-CPU_KV_CACHE_BYTES = int(os.environ.get("OPENRLHF_DARTS_CPU_KV_CACHE_BYTES", 256 * 2**20))
-# vLLM admits at most max_num_seqs requests at once (128 for AsyncLLM); benchmarks raise it so all candidates run together.
-CPU_MAX_NUM_SEQS = os.environ.get("OPENRLHF_DARTS_CPU_MAX_NUM_SEQS")
 
 
 class _Dropped(Exception):
@@ -204,13 +200,15 @@ class DartsRolloutActor(RolloutRayActorBase):
             if kwargs.get("dtype") != "float32":
                 logger.warning("vLLM CPU backend: dtype %s -> float32 (CPU bf16 output is wrong)", kwargs.get("dtype"))
                 kwargs["dtype"] = "float32"
-            kwargs.setdefault("kv_cache_memory_bytes", CPU_KV_CACHE_BYTES)
+            # KV cache size and max_num_seqs (vLLM admits at most that many requests at once), validated there.
+            from openrlhf_darts.backends.cpu import settings
+
+            for key, value in settings.engine_kwargs().items():
+                kwargs.setdefault(key, value)
             # Weight sync without NCCL/CUDA IPC: bytes payloads through collective_rpc (backends/cpu/worker_extension).
             from openrlhf_darts.backends.cpu.worker_extension import EXTENSION_PATH
 
             kwargs["worker_extension_cls"] = EXTENSION_PATH
-            if CPU_MAX_NUM_SEQS:
-                kwargs.setdefault("max_num_seqs", int(CPU_MAX_NUM_SEQS))
         await super().__init__(*args, **kwargs)
         upstream.wrap_engine_llm(self, _ProgressStream)
         self._outcomes: list[dict] = []
