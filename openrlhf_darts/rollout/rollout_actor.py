@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 _CANDIDATE: contextvars.ContextVar[tuple["_GroupRun", int] | None] = contextvars.ContextVar(
     "darts_candidate", default=None
 )
+# Whether the current candidate task called generate already (a second call means a multi-turn executor).
+_GENERATED: contextvars.ContextVar[bool] = contextvars.ContextVar("darts_generated", default=False)
 
 
 class _Dropped(Exception):
@@ -216,6 +218,15 @@ class DartsRolloutActor(RolloutRayActorBase):
 
     async def generate(self, prompt_token_ids, sampling_params, multi_modal_data=None):
         slot = _CANDIDATE.get()
+        if slot is not None:
+            if _GENERATED.get():
+                raise RuntimeError(
+                    f"DARTS candidate {slot[1]} called generate a second time: the executor of "
+                    "--train.agent_func_path is multi-turn, and DARTS needs single-turn executors (selection and early "
+                    "abort rank the length of one completion). Use a single-turn AgentExecutor, or drop --darts.enable "
+                    "for this agent"
+                )
+            _GENERATED.set(True)  # in the candidate task's own context, which its executor awaits generate in
         output = await super().generate(prompt_token_ids, sampling_params, multi_modal_data)
         if slot is None:
             return output
