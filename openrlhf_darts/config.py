@@ -37,6 +37,10 @@ _FLAGS: list[tuple[str, type, object, str, str]] = [
     ("budget_window", int, 4, "-", "recent steps of candidate lengths replayed by the cost_model budget"),
     ("warmup_steps", int, 0, "W", "first W training steps: uniform budget, shortest-only selection (reference DAPO)"),
 ]
+# --- token-streaming memory bound (read by the scorer actors; was the variable OPENRLHF_DARTS_MAX_LIVE_CACHES) ---
+_FLAGS.append(
+    ("max_live_caches", int, 64, "-", "per scorer actor: most samples whose KV cache token streaming holds at once")
+)
 _CHOICES: list[tuple[str, tuple[str, ...], str, str, str]] = [
     ("selection", SELECTIONS, "dual_end", "K/L", "dual_end keeps K shortest + L longest; shortest keeps n shortest"),
     ("budget", BUDGETS, "fixed", "M_total", "fixed average, or argmax of U = E - lambda*T from the cost model"),
@@ -151,6 +155,8 @@ class DartsConfig:
     budget_window: int
     truncated: str = "exclude"  # TRUNCATED_RULES: how selection treats candidates the length cap stopped
     warmup_steps: int = 0  # W: first W training steps use a uniform budget and shortest-only selection
+    # --- token-streaming memory bound ---
+    max_live_caches: int = 64  # per scorer actor; read by every CPU / chunked model actor, so checked even with DARTS off
 
     def __post_init__(self) -> None:
         n = self.n_samples_per_prompt
@@ -165,6 +171,12 @@ class DartsConfig:
         ]:
             value = getattr(self, name)
             _check(value in choices, f"--darts.{name}={value!r} is not one of {', '.join(choices)}")
+        # --- token-streaming memory bound ---
+        _check(
+            isinstance(self.max_live_caches, int) and self.max_live_caches >= 1,
+            f"--darts.max_live_caches={self.max_live_caches!r} must be an integer >= 1 (KV caches one scorer actor "
+            "holds at once; the default 64 fits every candidate of a few groups)",
+        )
         if not self.enable:
             return
         _check(
@@ -315,6 +327,15 @@ class DartsConfig:
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def default_flags() -> dict[str, object]:
+    """Every `--darts.*` flag's value when none is given (what `args.darts` holds after parsing an upstream command
+    without DARTS flags); derived defaults stay None, as argparse leaves them."""
+    values = {name: False for name, _ in _SWITCHES}
+    values.update({name: default for name, _, default, _, _ in _CHOICES})
+    values.update({name: default for name, _, default, _, _ in _FLAGS})
+    return values
 
 
 def _check(ok: bool, message: str) -> None:

@@ -139,14 +139,16 @@ def resolve(dotted: str):
     raise ImportError(dotted)
 
 
-def rollout_sampling_params(args, generate_kwargs: dict):
+def rollout_sampling_params(args, generate_kwargs: dict, **extra):
     """The `SamplingParams` upstream's `_dispatch_prompts_to_vllm` builds for a training rollout.
 
     Rebuilt here because upstream builds it inline; `tests/contract/test_upstream.py` compares the two field by field.
+    `args` needs only `args.algo.advantage.is_correction_level`. `extra` adds fields upstream leaves at vLLM's
+    defaults (the benchmarks' extra `stop_token_ids`); it cannot override one upstream sets.
     """
     from vllm import SamplingParams
 
-    return SamplingParams(
+    fields = dict(
         temperature=generate_kwargs.get("temperature", 1.0),
         top_p=generate_kwargs.get("top_p", 1.0),
         top_k=generate_kwargs.get("top_k", -1),
@@ -155,6 +157,13 @@ def rollout_sampling_params(args, generate_kwargs: dict):
         skip_special_tokens=generate_kwargs.get("skip_special_tokens", False),
         logprobs=1 if args.algo.advantage.is_correction_level != "off" else None,
     )
+    overlap = sorted(set(extra) & set(fields))
+    if overlap:
+        raise ValueError(
+            f"rollout_sampling_params: {overlap} are set from generate_kwargs as upstream sets them; pass them there "
+            "(temperature, top_p, top_k, max_new_tokens, min_new_tokens, skip_special_tokens), not as extra fields"
+        )
+    return SamplingParams(**fields, **extra)
 
 
 @contextlib.contextmanager
@@ -227,8 +236,8 @@ def model_side():
 
     `BaseModelActor` (launcher.py) gives the Ray-group protocol (`execute_batch`, `get_master_addr_port`, the
     MASTER_ADDR/RANK environment); `Actor` and the critic class are upstream's modules, loaded in fp32 on CPU;
-    `PolicyLoss`, `ValueLoss`, `aggregate_loss`, `compute_approx_kl`, `masked_mean`, `iter_grad_accum_global_norm`
-    and the replay-buffer helpers are upstream's pure functions.
+    `PolicyLoss`, `ValueLoss`, `iter_grad_accum_global_norm` and the replay-buffer helpers are upstream's pure
+    functions; `policy_training_step` / `critic_training_step` are upstream's per-micro-batch training steps.
     """
     import types
 
@@ -239,8 +248,11 @@ def model_side():
     from openrlhf.trainer.ppo_utils import experience as _experience
     from openrlhf.trainer.ppo_utils.replay_buffer import NaiveReplayBuffer
     from openrlhf.trainer.ray import launcher as _launcher
+    from openrlhf.trainer.ray import ppo_actor as _ppo_actor
+    from openrlhf.trainer.ray import ppo_critic as _ppo_critic
     from openrlhf.trainer.ray.vllm_worker_wrap import WorkerWrap
     from openrlhf.utils import loss_utils as _loss_utils
+    from openrlhf.utils.deepspeed import deepspeed_utils as _deepspeed_utils
 
     return types.SimpleNamespace(
         BaseModelActor=_launcher.BaseModelActor,
@@ -249,15 +261,41 @@ def model_side():
         critic_model_class=_model._get_critic_model,
         PolicyLoss=_loss.PolicyLoss,
         ValueLoss=_loss.ValueLoss,
-        aggregate_loss=_loss.aggregate_loss,
-        compute_approx_kl=_model_utils.compute_approx_kl,
-        masked_mean=_model_utils.masked_mean,
         log_probs_from_logits=_model_utils.log_probs_from_logits,
         iter_grad_accum_global_norm=_loss_utils.iter_grad_accum_global_norm,
         NaiveReplayBuffer=NaiveReplayBuffer,
         make_experience_batch=_experience.make_experience_batch,
         WorkerWrap=WorkerWrap,
+        get_optimizer_grouped_parameters=_deepspeed_utils.get_optimizer_grouped_parameters,
+        # Upstream's own per-micro-batch training steps, called as plain functions with a CPU actor as `self`
+        # (backends/cpu/policy.py, critic.py): the attributes they read are listed in TRAINING_STEP_ATTRIBUTES.
+        policy_training_step=_ppo_actor.ActorPPOTrainer.training_step,
+        critic_training_step=_ppo_critic.CriticPPOTrainer.training_step,
     )
+
+
+# What upstream's `training_step` reads from `self` (ppo_actor.py / ppo_critic.py @0.11.2) besides `args`, `strategy`
+# and `replay_buffer`, and what it asks of `self.strategy`. The CPU actors define every one of them (the strategy in
+# backends/cpu/strategy.py); tests/contract/test_upstream.py checks that the sources read nothing else.
+TRAINING_STEP_STRATEGY = ("backward", "optimizer_step", "get_grad_norm", "ring_attn_group", "moving_average")
+TRAINING_STEP_ATTRIBUTES = {
+    "openrlhf.trainer.ray.ppo_actor.ActorPPOTrainer.training_step": (
+        "actor",
+        "actor_loss_fn",
+        "actor_optim",
+        "actor_scheduler",
+        "aux_loss",
+        "ema_model",
+        "ema_beta",
+    ),
+    "openrlhf.trainer.ray.ppo_critic.CriticPPOTrainer.training_step": (
+        "critic",
+        "critic_loss_fn",
+        "critic_optim",
+        "critic_scheduler",
+        "aux_loss",
+    ),
+}
 
 
 CONTRACT.update(
@@ -337,6 +375,14 @@ CONTRACT.update(
             "group",
             "sync_condition",
         ),
+        "openrlhf.utils.deepspeed.deepspeed_utils.get_optimizer_grouped_parameters": ("model", "weight_decay"),
+        "openrlhf.trainer.ray.ppo_actor.ActorPPOTrainer.training_step": (
+            "experience",
+            "kl_ctl",
+            "step",
+            "loss_batch_info",
+        ),
+        "openrlhf.trainer.ray.ppo_critic.CriticPPOTrainer.training_step": ("experience", "step", "loss_batch_info"),
     }
 )
 
@@ -530,3 +576,82 @@ def score_like_engine(executor, queries: list[str], prompts: list[str], labels: 
     import asyncio
 
     return asyncio.run(executor._fetch_rewards_via_func(list(queries), list(prompts), list(labels)))
+
+
+# --- upstream attributes we read or rebind, and the doors to them ---------------------------------------------------
+# "module.Class.attribute" -> the method whose source assigns it (`self.<attribute> = ...`); the contract test reads
+# that source, so a rename upstream fails there instead of as an AttributeError inside a run.
+ATTRIBUTES = {
+    "openrlhf.trainer.ppo_utils.samples_generator.SamplesGenerator._dataloader_iter": (
+        "openrlhf.trainer.ppo_utils.samples_generator.SamplesGenerator.generate_samples"
+    ),
+    "openrlhf.trainer.ray.vllm_engine.RolloutRayActor.llm": (
+        "openrlhf.trainer.ray.vllm_engine.RolloutRayActor.__init__"
+    ),
+    "openrlhf.utils.agent.SingleTurnAgentExecutor.reward_endpoints": (
+        "openrlhf.utils.agent.SingleTurnAgentExecutor.__init__"
+    ),
+    "openrlhf.datasets.prompts_dataset.PromptDataset.prompts": (
+        "openrlhf.datasets.prompts_dataset.PromptDataset.__init__"
+    ),
+    "vllm.v1.engine.async_llm.AsyncLLM.vllm_config": "vllm.v1.engine.async_llm.AsyncLLM.__init__",
+}
+
+
+def training_dataloader_iter(generator):
+    """The iterator upstream's `generate_samples` draws training prompts from (`SamplesGenerator._dataloader_iter`);
+    None before the first training rollout and after the dataloader is exhausted, as upstream itself reads it."""
+    return getattr(generator, "_dataloader_iter", None)
+
+
+def engine_llm(actor):
+    """The vLLM `AsyncLLM` of an upstream engine actor (`RolloutRayActor.llm`)."""
+    return actor.llm
+
+
+def wrap_engine_llm(actor, wrapper) -> None:
+    """Replace an engine actor's `llm` by `wrapper(llm)`; upstream's `generate`, weight-sync and sleep methods read
+    the attribute at call time, so they all go through the wrapper."""
+    actor.llm = wrapper(actor.llm)
+
+
+def engine_vllm_config(actor):
+    """The running engine's `VllmConfig` (scheduler and cache limits), from inside its actor."""
+    return engine_llm(actor).vllm_config
+
+
+def reward_endpoints(executor) -> list[str]:
+    """The reward URLs or `.py` file of upstream's `SingleTurnAgentExecutor` (`--reward.remote_url`).
+
+    [] when there are none, and for a user's executor (`--train.agent_func_path`) that does not extend
+    `SingleTurnAgentExecutor`: such an executor computes its rewards its own way."""
+    return list(getattr(executor, "reward_endpoints", None) or [])
+
+
+def dataset_prompts(dataloader) -> list[str]:
+    """The prompt texts of the upstream `PromptDataset` behind a prompts dataloader, in dataset order."""
+    return dataloader.dataset.prompts
+
+
+CONTRACT["openrlhf.trainer.ppo_trainer.BasePPOTrainer.train_step"] = ("rollout_samples", "global_step")
+
+# --- upstream code mirrored in our tree -----------------------------------------------------------------------------
+# Each of these has a copy (or a rewrite that must stay equivalent) in openrlhf_darts, marked "mirrors <file>@0.11.2"
+# beside it. A source change upstream fails tests/contract/test_upstream.py; re-check the copy, then record the hash.
+BEHAVIOUR_PINNED += (
+    # backends/cpu/policy.py, critic.py: upstream's training_step runs as is on the CPU actors (a CPU strategy
+    # stands in for DeepSpeed's engine), and ppo_train's status reduction is mirrored in backends/cpu/ppo_status.py.
+    "openrlhf.trainer.ray.ppo_actor.ActorPPOTrainer.training_step",
+    "openrlhf.trainer.ray.ppo_actor.ActorPPOTrainer.ppo_train",
+    "openrlhf.trainer.ray.ppo_critic.CriticPPOTrainer.training_step",
+    "openrlhf.trainer.ray.ppo_critic.CriticPPOTrainer.ppo_train",
+    # backends/cpu/base.py CpuReplayBuffer.__init__ sets the same fields without asking CUDA for a device.
+    "openrlhf.trainer.ppo_utils.replay_buffer.NaiveReplayBuffer.__init__",
+    # backends/cpu/base.py load_causal_lm / load_critic: fp32 loading with upstream's MoE router flag, use_cache off,
+    # value-head precedence and fresh value head.
+    "openrlhf.models.actor.Actor.__init__",
+    "openrlhf.models.model.get_llm_for_sequence_regression",
+    # trainer/samples_generator.py _generate_streaming: upstream's collection loop and dynamic-filtering rule, with
+    # each accepted group handed to the streaming experience maker.
+    "openrlhf.trainer.ppo_utils.samples_generator.SamplesGenerator._generate_vllm",
+)

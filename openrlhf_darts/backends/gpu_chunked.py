@@ -17,8 +17,13 @@ import ray
 import torch
 
 from openrlhf_darts import upstream
-from openrlhf_darts.backends.cpu.chunk_cache import ChunkCache, ChunkScoringMixin, causal_lm_step, critic_step
-from openrlhf_darts.backends.cpu.reference import max_live_caches
+from openrlhf_darts.backends.cpu.chunk_cache import (
+    ChunkCache,
+    ChunkScoringMixin,
+    causal_lm_step,
+    critic_step,
+    max_live_caches,
+)
 
 _BASES = upstream.gpu_model_actor_bases()
 
@@ -45,7 +50,7 @@ class DartsReferenceModelActorImpl(ChunkScoringMixin, _BASES.reference):
         _check_chunkable(strategy.args)
         super().init_model_from_pretrained(strategy, pretrain)
         step = causal_lm_step(_hf_module(self.model.model), self.model.temperature)
-        self.chunks = ChunkCache(step, "logprobs", max_live_caches(), device=_device())
+        self.chunks = ChunkCache(step, "logprobs", max_live_caches(strategy.args), device=_device())
 
 
 class DartsPolicyModelActorImpl(ChunkScoringMixin, _BASES.policy):
@@ -55,7 +60,7 @@ class DartsPolicyModelActorImpl(ChunkScoringMixin, _BASES.policy):
         _check_chunkable(strategy.args)
         super().init_model_from_pretrained(strategy, pretrain, max_steps, vllm_engines)
         step = causal_lm_step(_hf_module(self.actor.model), self.actor.temperature)
-        self.chunks = ChunkCache(step, "logprobs", max_live_caches(), device=_device())
+        self.chunks = ChunkCache(step, "logprobs", max_live_caches(strategy.args), device=_device())
 
 
 class DartsCriticModelActorImpl(ChunkScoringMixin, _BASES.critic):
@@ -64,7 +69,8 @@ class DartsCriticModelActorImpl(ChunkScoringMixin, _BASES.critic):
     def init_model_from_pretrained(self, strategy, pretrain, max_steps):
         _check_chunkable(strategy.args)
         super().init_model_from_pretrained(strategy, pretrain, max_steps)
-        self.chunks = ChunkCache(critic_step(_hf_module(self.critic)), "values", max_live_caches(), device=_device())
+        step = critic_step(_hf_module(self.critic))
+        self.chunks = ChunkCache(step, "values", max_live_caches(strategy.args), device=_device())
 
 
 DartsReferenceModelActor = ray.remote(num_gpus=1)(DartsReferenceModelActorImpl)

@@ -303,6 +303,7 @@ def main(argv: Sequence[str] | None = None) -> PerTokenLatency:
 
     import ray
 
+    from openrlhf_darts.backends.cpu import settings
     from openrlhf_darts.bench.rollout import (
         CPU_BLOCK_SIZE,
         MIN_KV_CACHE_BYTES,
@@ -318,10 +319,10 @@ def main(argv: Sequence[str] | None = None) -> PerTokenLatency:
     max_model_len = 64 * math.ceil(context / 64)
     blocks = max(num_running) * math.ceil(context / CPU_BLOCK_SIZE)
     env = {
-        "OPENRLHF_DARTS_CPU_KV_CACHE_BYTES": str(
+        settings.KV_CACHE_BYTES_ENV: str(
             max(MIN_KV_CACHE_BYTES, int(1.2 * blocks * CPU_BLOCK_SIZE * kv_bytes_per_token(model_path)))
         ),
-        "OPENRLHF_DARTS_CPU_MAX_NUM_SEQS": str(max(128, max(num_running))),
+        settings.MAX_NUM_SEQS_ENV: str(max(128, max(num_running))),
     }
     if args.ray_address:
         from openrlhf_darts import compat

@@ -51,6 +51,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from openrlhf_darts.backends.cpu import settings
 from openrlhf_darts.bench.gym_tasks import REASONING_GYM_VERSION, SYSTEM_PROMPT_NAME
 from openrlhf_darts.bench.tasks import BUILTIN, TASK_FLAG_HELP, check_task, reward_file
 from openrlhf_darts.core.types import GroupOutcome, GroupPlan
@@ -175,12 +176,27 @@ def create_engine(
     return engines[0]
 
 
+def rollout_sampling_params(max_tokens: int, temperature: float = 1.0, stop_token_ids: Sequence[int] = ()):
+    """The sampling parameters of a training rollout (the samples generator's builder,
+    `upstream.rollout_sampling_params`, importance correction off), plus the benchmark's extra stop tokens."""
+    from types import SimpleNamespace as NS
+
+    from openrlhf_darts import upstream
+
+    args = NS(algo=NS(advantage=NS(is_correction_level="off")))
+    extra = {"stop_token_ids": list(stop_token_ids)} if stop_token_ids else {}
+    generate_kwargs = {"temperature": temperature, "top_p": 1.0, "max_new_tokens": max_tokens}
+    return upstream.rollout_sampling_params(args, generate_kwargs, **extra)
+
+
 def engine_limits(engine) -> dict[str, int]:
     """max_num_seqs, KV block size and KV blocks of the running engine (read from its vLLM config)."""
     import ray
 
     def read(actor) -> dict[str, int]:
-        config = actor.llm.vllm_config
+        from openrlhf_darts import upstream
+
+        config = upstream.engine_vllm_config(actor)
         return {
             "max_num_seqs": int(config.scheduler_config.max_num_seqs),
             "max_num_batched_tokens": int(config.scheduler_config.max_num_batched_tokens),
@@ -368,7 +384,6 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Warm up, then run each variant on the same prompts; returns the report (``meta`` filled in by the caller)."""
     import ray
-    from vllm import SamplingParams
 
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise ValueError(f"--max-tokens={max_tokens!r} is not a positive int")
@@ -376,17 +391,8 @@ def run_benchmark(
     if unknown:
         raise ValueError(f"variants {unknown} are unknown; choose from {list(VARIANTS)}")
     plans = variant_plans(n)
-    # The samples generator's sampling parameters (upstream.rollout_sampling_params), plus the extra stop tokens.
-    sampling_params = SamplingParams(
-        temperature=temperature,
-        top_p=1.0,
-        top_k=-1,
-        max_tokens=max_tokens,
-        min_tokens=1,
-        skip_special_tokens=False,
-        stop_token_ids=list(stop_token_ids) or None,
-    )
-    warmup = SamplingParams(temperature=temperature, max_tokens=8, min_tokens=1, skip_special_tokens=False)
+    sampling_params = rollout_sampling_params(max_tokens, temperature, stop_token_ids)
+    warmup = rollout_sampling_params(8, temperature)
     ray.get(engine.generate_responses.remote("warm up", "", warmup, max_length, tokenizer, num_samples=2))
 
     limits = engine_limits(engine)
@@ -588,8 +594,8 @@ def prepare(args: argparse.Namespace):
         * blocks_needed(prompt_lengths, most, args.max_tokens, CPU_BLOCK_SIZE)
     )
     env = {
-        "OPENRLHF_DARTS_CPU_KV_CACHE_BYTES": str(max(MIN_KV_CACHE_BYTES, int(1.1 * kv_bytes))),
-        "OPENRLHF_DARTS_CPU_MAX_NUM_SEQS": str(max(128, most * len(prompts))),
+        settings.KV_CACHE_BYTES_ENV: str(max(MIN_KV_CACHE_BYTES, int(1.1 * kv_bytes))),
+        settings.MAX_NUM_SEQS_ENV: str(max(128, most * len(prompts))),
     }
     meta = {
         "model": args.model,

@@ -153,11 +153,9 @@ def _measure_before(requests: int, seed: int, fresh_profile: bool, found: dict):
     def hook(engine, context) -> None:
         import statistics
 
-        from vllm import SamplingParams
-
         from openrlhf_darts.bench import rollout
 
-        one_token = SamplingParams(temperature=1.0, max_tokens=1, min_tokens=1, skip_special_tokens=False)
+        one_token = rollout.rollout_sampling_params(1)
         found["fixed_s"] = {}
         for name, plan in rollout.variant_plans(context["n"]).items():
             walls = [

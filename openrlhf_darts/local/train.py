@@ -70,7 +70,7 @@ def logical_resources(args) -> tuple[int, int]:
         gpus += args.ref.num_nodes * args.ref.num_gpus_per_node
     if args.algo.advantage.estimator == "gae":
         gpus += args.critic.num_nodes * args.critic.num_gpus_per_node
-    if not args.reward.remote_url:
+    if not (args.reward.remote_url or args.train.agent_func_path):  # an agent scores its own samples (no RM)
         gpus += args.reward.num_nodes * args.reward.num_gpus_per_node
     return gpus + 2, gpus  # +2 CPUs: the trainer actor and Ray's own tasks
 
@@ -152,12 +152,15 @@ def run(
     total_steps: int | None = None,
     env_vars: dict[str, str] | None = None,
     echo_steps: bool = False,
+    classes: dict | None = None,
 ) -> list[dict]:
     """Run upstream's `train_ppo_ray` locally with `CPU_FLAGS + argv`; returns the per-step records.
 
     Starts and shuts down its own Ray cluster, or attaches to the one `RAY_ADDRESS` names (inside a Ray job), so it
     raises ValueError if Ray is already initialized in this process. `echo_steps`: print each step's record on this
     process's stdout (`STEP_RECORD_PREFIX` + JSON) as it arrives; upstream's own prints still go to driver.log.
+    `classes` replaces some of the four swapped-in Ray classes (keys of `upstream.train_classes`: trainer, rollout,
+    policy, reference, critic), e.g. with subclasses that probe the run (tests/contract/test_resume.py).
     """
     import ray
 
@@ -212,15 +215,14 @@ def run(
                 log = stack.enter_context(open(run_dir / "driver.log", "w"))
                 stack.enter_context(contextlib.redirect_stdout(log))
             stack.enter_context(upstream.darts_flags_in_upstream_cli(on_parsed))
-            stack.enter_context(
-                upstream.train_classes(
-                    trainer=LocalPPOTrainer,
-                    rollout=DartsRolloutRayActor,
-                    policy=actor_class("policy"),
-                    reference=actor_class("reference"),
-                    critic=actor_class("critic"),
-                )
-            )
+            swapped = {
+                "trainer": LocalPPOTrainer,
+                "rollout": DartsRolloutRayActor,
+                "policy": actor_class("policy"),
+                "reference": actor_class("reference"),
+                "critic": actor_class("critic"),
+            }
+            stack.enter_context(upstream.train_classes(**{**swapped, **(classes or {})}))
             runpy.run_module("openrlhf.cli.train_ppo_ray", run_name="__main__", alter_sys=True)
     finally:
         sys.argv = saved_argv

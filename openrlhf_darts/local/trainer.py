@@ -5,7 +5,7 @@ response of the step, which bounds the decode steps, and the tokens generated), 
 while the run is going, and proof that each weight sync reached the engine. It extends `DartsPPOTrainer` (itself
 upstream's `PPOTrainer` one level deep) by three short overrides that each call `super()` first or last:
 
-- `_compute_rollout_stats`: adds `local/response_length_max` and `local/response_tokens` (kept samples, all runs);
+- `train_step`: adds `local/response_length_max` and `local/response_tokens` (kept samples, all runs) to the status;
 - `broadcast_to_vllm` (probe on): the engine's log-probs of a fixed probe sequence before and after upstream's weight
   sync, and the policy actor's own log-probs of the same tokens: `local/sync_engine_change` (max |after - before|) must
   be > 0 once the policy moved, and `local/sync_engine_policy_diff` (max |engine - policy|) must be ~0;
@@ -26,6 +26,7 @@ import ray
 import ray.cloudpickle
 import torch
 
+from openrlhf_darts import upstream
 from openrlhf_darts.trainer.ppo_trainer import DartsPPOTrainer
 
 STEP_LOG_ENV = "OPENRLHF_DARTS_LOCAL_STEP_LOG"
@@ -34,18 +35,18 @@ PROBE_RESPONSE = "Start with 5 apples. 5 + 3 = 8.\nAnswer: 8"
 
 
 class LocalPPOTrainerImpl(DartsPPOTrainer.__ray_actor_class__):
-    def _compute_rollout_stats(self, experiences) -> dict:
-        stats = super()._compute_rollout_stats(experiences)
-        lengths = torch.cat([e.response_length for e in experiences])  # (num_samples,)
-        stats["local/response_length_max"] = float(lengths.max())
-        stats["local/response_tokens"] = float(lengths.sum())
-        return stats
+    def train_step(self, rollout_samples, global_step: int):
+        lengths = torch.cat([e.response_length for e in rollout_samples])  # (num_samples,)
+        status, next_step = super().train_step(rollout_samples, global_step)
+        status["local/response_length_max"] = float(lengths.max())
+        status["local/response_tokens"] = float(lengths.sum())
+        return status, next_step
 
     # ---- weight-sync probe ------------------------------------------------------------------------------------------
     def _probe_tokens(self) -> tuple[list[int], int]:
         """Token ids of the first training prompt plus a fixed answer, and how many of them are the answer."""
         if not hasattr(self, "_probe"):
-            prompt = self.prompts_dataloader.dataset.prompts[0]
+            prompt = upstream.dataset_prompts(self.prompts_dataloader)[0]
             prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
             answer_ids = self.tokenizer(PROBE_RESPONSE, add_special_tokens=False)["input_ids"]
             self._probe = (prompt_ids + answer_ids + [self.tokenizer.eos_token_id], len(answer_ids) + 1)

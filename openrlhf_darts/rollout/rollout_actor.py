@@ -26,11 +26,11 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import os
 import time
 
 import ray
 
+from openrlhf_darts import upstream
 from openrlhf_darts.core.early_stop import EarlyStop
 from openrlhf_darts.core.streaming import chunk_eligible, chunk_spans
 from openrlhf_darts.core.types import TRUNCATED_RULES, GroupOutcome, GroupPlan
@@ -42,9 +42,8 @@ logger = logging.getLogger(__name__)
 _CANDIDATE: contextvars.ContextVar[tuple["_GroupRun", int] | None] = contextvars.ContextVar(
     "darts_candidate", default=None
 )
-CPU_KV_CACHE_BYTES = int(os.environ.get("OPENRLHF_DARTS_CPU_KV_CACHE_BYTES", 256 * 2**20))
-# vLLM admits at most max_num_seqs requests at once (128 for AsyncLLM); benchmarks raise it so all candidates run together.
-CPU_MAX_NUM_SEQS = os.environ.get("OPENRLHF_DARTS_CPU_MAX_NUM_SEQS")
+# Whether the current candidate task called generate already (a second call means a multi-turn executor).
+_GENERATED: contextvars.ContextVar[bool] = contextvars.ContextVar("darts_generated", default=False)
 
 
 class _Dropped(Exception):
@@ -254,21 +253,31 @@ class DartsRolloutActor(RolloutRayActorBase):
             if kwargs.get("dtype") != "float32":
                 logger.warning("vLLM CPU backend: dtype %s -> float32 (CPU bf16 output is wrong)", kwargs.get("dtype"))
                 kwargs["dtype"] = "float32"
-            kwargs.setdefault("kv_cache_memory_bytes", CPU_KV_CACHE_BYTES)
+            # KV cache size and max_num_seqs (vLLM admits at most that many requests at once), validated there.
+            from openrlhf_darts.backends.cpu import settings
+
+            for key, value in settings.engine_kwargs().items():
+                kwargs.setdefault(key, value)
             # Weight sync without NCCL/CUDA IPC: bytes payloads through collective_rpc (backends/cpu/worker_extension).
             from openrlhf_darts.backends.cpu.worker_extension import EXTENSION_PATH
 
             kwargs["worker_extension_cls"] = EXTENSION_PATH
-            if CPU_MAX_NUM_SEQS:
-                kwargs.setdefault("max_num_seqs", int(CPU_MAX_NUM_SEQS))
         await super().__init__(*args, **kwargs)
-        self.llm = _ProgressStream(self.llm)
+        upstream.wrap_engine_llm(self, _ProgressStream)
         self._outcomes: list[dict] = []
         self._token_chunks: list[dict] = []
 
     async def generate(self, prompt_token_ids, sampling_params, multi_modal_data=None):
         slot = _CANDIDATE.get()
         if slot is not None:
+            if _GENERATED.get():
+                raise RuntimeError(
+                    f"DARTS candidate {slot[1]} called generate a second time: the executor of "
+                    "--train.agent_func_path is multi-turn, and DARTS needs single-turn executors (selection and early "
+                    "abort rank the length of one completion). Use a single-turn AgentExecutor, or drop --darts.enable "
+                    "for this agent"
+                )
+            _GENERATED.set(True)  # in the candidate task's own context, which its executor awaits generate in
             # Upstream's generate passes these params (a copy) to AsyncLLM: their max_tokens is the candidate's cap, as
             # the executor computed it (max_length - prompt tokens when max_new_tokens is None).
             slot[0].on_request(slot[1], sampling_params.max_tokens)
@@ -330,7 +339,7 @@ class DartsRolloutActor(RolloutRayActorBase):
         if truncated_rule not in TRUNCATED_RULES:
             raise ValueError(f"truncated_rule={truncated_rule!r} is not one of {TRUNCATED_RULES} (--darts.truncated)")
         group = _GroupRun(
-            plan, self.llm.abort, truncated_rule, stream_chunk_tokens, self._token_chunks.append, group_id
+            plan, upstream.engine_llm(self).abort, truncated_rule, stream_chunk_tokens, self._token_chunks.append, group_id
         )
         group.tasks = [
             asyncio.create_task(
@@ -373,16 +382,18 @@ class DartsRolloutActor(RolloutRayActorBase):
 
     def _check_rewards(self, responses: list[dict]) -> None:
         # Upstream's executor logs a failed reward call at info level and returns reward=None; a DARTS step fails.
-        if getattr(self.executor, "reward_endpoints", None) and any(r["reward"] is None for r in responses):
+        endpoints = upstream.reward_endpoints(self.executor)
+        if endpoints and any(r["reward"] is None for r in responses):
             raise RuntimeError(
-                f"reward call to {self.executor.reward_endpoints} returned no reward for a kept sample; see the "
+                f"reward call to {endpoints} returned no reward for a kept sample; see the "
                 "engine actor's log for the underlying error"
             )
 
     async def update_weights_from_lists(self, named_payloads: list, final: bool = True) -> list[int]:
         """CPU weight sync: `[(name, dtype, shape, bytes)]` to every worker; `final` loads the buffered sync
         (backends/cpu/worker_extension.py)."""
-        return await self.llm.collective_rpc("update_weights_from_lists", args=(named_payloads, final))
+        llm = upstream.engine_llm(self)
+        return await llm.collective_rpc("update_weights_from_lists", args=(named_payloads, final))
 
     def pop_token_chunks(self) -> list[dict]:
         """Token-streaming chunks emitted since the last call, in emission order: `{"key", "group_id", "start",

@@ -68,10 +68,8 @@ class DartsExperienceMaker(upstream.RemoteExperienceMaker):
             )
         self.token_streamer: TokenStreamer | None = None
         if config.stream_tokens:
-            from openrlhf_darts.backends.cpu.reference import max_live_caches
-
             groups = scorer_groups(self.actor_model_group, self.initial_model_group, self.critic_model_group)
-            self.token_streamer = TokenStreamer(groups, max_live_caches())
+            self.token_streamer = TokenStreamer(groups, config.max_live_caches)
         self._chunk_busy_s = 0.0  # scorers' cumulative chunk-forward seconds when the stream opened
         self._wave_rows: dict[int, list] = {}  # id(model group) -> per micro-batch, per row: scores or None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="darts-stream")

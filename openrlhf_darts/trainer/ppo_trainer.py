@@ -42,6 +42,8 @@ PLANNER_STATE_KEY = "darts_planner"  # key of the planner state inside upstream'
 class DartsPPOTrainer(upstream.ppo_trainer_base()):
     """Upstream's single-controller PPO trainer with DARTS sample generation (and streaming experience making)."""
 
+    samples_generator_class = DartsSamplesGenerator  # swapped in when DARTS is on; a subclass may name its own
+
     def __init__(
         self,
         pretrain: str,
@@ -67,7 +69,7 @@ class DartsPPOTrainer(upstream.ppo_trainer_base()):
         if not self.darts_config.enable:
             return
         # Reuse the tokenizer upstream loaded for its own generator, so both sides tokenize identically.
-        self.samples_generator = DartsSamplesGenerator(
+        self.samples_generator = self.samples_generator_class(
             strategy,
             self.prompts_dataloader,
             self.eval_dataloader,

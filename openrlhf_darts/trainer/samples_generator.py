@@ -148,7 +148,7 @@ class DartsSamplesGenerator(upstream.SamplesGenerator):
 
     def _generate_vllm(self, dataloader_iter, num_prompts: int, dynamic_filtering, **generate_kwargs):
         # Training rollouts draw from upstream's own training iterator; evaluation passes its own and stays upstream's.
-        training = dataloader_iter is getattr(self, "_dataloader_iter", None)
+        training = dataloader_iter is upstream.training_dataloader_iter(self)
         if self.group_sink is None or not training:
             return super()._generate_vllm(dataloader_iter, num_prompts, dynamic_filtering, **generate_kwargs)
         return self._generate_streaming(dataloader_iter, num_prompts, dynamic_filtering, **generate_kwargs)
@@ -156,6 +156,9 @@ class DartsSamplesGenerator(upstream.SamplesGenerator):
     def _generate_streaming(self, dataloader_iter, num_prompts: int, dynamic_filtering, **generate_kwargs):
         """Upstream's contract `(experiences, prompts_consumed, exhausted)`, handing each accepted group to the sink
         the moment it resolves, so its forwards run while the other groups still generate.
+
+        Mirrors samples_generator.py@0.11.2 `SamplesGenerator._generate_vllm` (pinned in `upstream.BEHAVIOUR_PINNED`):
+        the prompt draw, the ray.wait loop, the experience building and the filter-and-replace rule are upstream's.
 
         Dynamic filtering keeps upstream's semantics: a group whose mean score is not strictly inside
         `--algo.dynamic_filtering_range` is dropped (only when every sample has a score) and replaced by one new prompt.

@@ -69,7 +69,7 @@ class TokenStreamer:
         if not groups:
             raise ValueError("--darts.stream_tokens needs at least one of the policy / reference / critic groups")
         if max_live < 1:
-            raise ValueError(f"max_live={max_live} must be >= 1 (OPENRLHF_DARTS_MAX_LIVE_CACHES)")
+            raise ValueError(f"max_live={max_live} must be >= 1 (--darts.max_live_caches)")
         self.groups = groups
         self.max_live = max_live
         self._samples: dict[str, _Sample] = {}

@@ -222,6 +222,58 @@ def test_every_script_flag_parses_and_lands_in_the_args(script, monkeypatch, cap
         assert (darts["min_candidates"], darts["max_candidates"], darts["num_long"]) == (n, 2 * n, 1)
 
 
+# ---- upstream's own recipe ------------------------------------------------------------------------------------------
+
+# The flag set of OpenRLHF's examples/scripts/train_reinforce_baseline_hybrid_engine.sh (git repository only, read at
+# commit 3c3be623), as data: hybrid engine (colocate_all + DeepSpeed sleep), a user agent, dynamic filtering, dynamic
+# batching (which forces packing), ring attention. Left out: its importance-correction flags
+# (--algo.advantage.is_correction_enable / _type icepop), which 0.11.2 renamed (--algo.advantage.is_correction_level
+# and friends). Paths are placeholders: parsing never opens them.
+HYBRID_ENGINE_RECIPE = [
+    "--actor.model_name_or_path", "Qwen/Qwen3-4B-Thinking-2507",
+    "--ckpt.load_enable", "--ckpt.output_dir", "/tmp/exp/Qwen3-4B-Thinking",
+    "--ckpt.path", "/tmp/exp/Qwen3-4B-Thinking/ckpt", "--ckpt.save_hf", "--ckpt.max_num", "3",
+    "--ckpt.save_steps", "10",
+    "--train.agent_func_path", "examples/python/agent_func.py",
+    "--data.prompt_dataset", "zhuzilin/dapo-math-17k", "--data.input_key", "prompt", "--data.label_key", "label",
+    "--data.max_len", "74240", "--rollout.max_new_tokens", "64000", "--data.apply_chat_template",
+    "--ds.packing_samples",
+    "--rollout.batch_size", "128", "--rollout.n_samples_per_prompt", "8", "--train.batch_size", "1024",
+    "--algo.dynamic_filtering_enable", "--algo.dynamic_filtering_range", "0.0", "1.0",
+    "--train.dynamic_batch_enable", "--train.max_tokens_per_gpu", "16192", "--rollout.max_tokens_per_gpu", "32768",
+    "--train.micro_batch_size", "1", "--rollout.micro_batch_size", "8", "--data.max_samples", "128000",
+    "--train.max_epochs", "1", "--train.num_episodes", "1",
+    "--ref.num_nodes", "1", "--ref.num_gpus_per_node", "4", "--actor.num_nodes", "1", "--actor.num_gpus_per_node", "4",
+    "--vllm.num_engines", "2", "--vllm.tensor_parallel_size", "2", "--vllm.gpu_memory_utilization", "0.7",
+    "--train.colocate_all", "--ds.enable_sleep", "--vllm.sync_backend", "nccl", "--vllm.enforce_eager",
+    "--ds.zero_stage", "3", "--actor.gradient_checkpointing_enable", "--ds.ring_attn_size", "2",
+    "--ds.ring_attn_head_stride", "2", "--ds.param_dtype", "bf16",
+    "--algo.advantage.estimator", "reinforce_baseline", "--actor.adam.lr", "5e-7", "--actor.entropy_coef", "0.0",
+    "--algo.kl.init_coef", "1e-5", "--algo.kl.use_loss", "--algo.kl.estimator", "k2",
+    "--logger.tensorboard_dir", "/tmp/exp/Qwen3-4B-Thinking/runs", "--logger.logging_steps", "1", "--eval.steps", "-1",
+]  # fmt: skip
+
+
+def test_upstreams_hybrid_engine_recipe_parses_with_darts(monkeypatch, capsys):
+    parsed = _parse(HYBRID_ENGINE_RECIPE + ["--darts.enable"], monkeypatch, capsys)
+    for flag, given in _flag_values(HYBRID_ENGINE_RECIPE).items():
+        value = _lookup(parsed["args"], flag[2:])
+        assert _same(value, given), f"{flag} {given} parsed as {value!r}"
+    # DARTS composes with the hybrid engine, the agent, dynamic filtering and packing: n = 8 gives the paper's plan.
+    darts = parsed["darts"]
+    assert darts["enable"] and (darts["min_candidates"], darts["max_candidates"], darts["num_long"]) == (8, 16, 1)
+
+
+def test_upstreams_hybrid_engine_recipe_rejects_streaming(monkeypatch, capsys):
+    # colocate_all puts the models on vLLM's GPUs: their forwards cannot overlap generation.
+    with pytest.raises(ValueError) as error:
+        _parse(HYBRID_ENGINE_RECIPE + ["--darts.enable", "--darts.stream"], monkeypatch, capsys)
+    assert str(error.value) == (
+        "--darts.stream with --train.colocate_all: colocated models share GPUs with vLLM, so forwards are serialized "
+        "with generation and nothing can overlap. Drop --darts.stream or --train.colocate_all"
+    )
+
+
 # ---- bad flags fail before Ray starts -------------------------------------------------------------------------------
 
 

@@ -257,3 +257,137 @@ def test_cpu_backend_rejects_packing(ray_cluster, stopping_model_path, tmp_path)
     args = train_args(stopping_model_path, str(tmp_path), **{"ds.packing_samples": True})
     with pytest.raises(ValueError, match="packing_samples"):
         check_cpu_args(args)
+
+
+# ---- upstream's training_step on the CPU actors -------------------------------------------------------------------
+
+
+def test_cpu_actors_define_what_upstreams_training_step_reads(ray_cluster, cpu_setup):
+    """Upstream's `training_step` runs with the CPU actor as `self`: every attribute it reads must exist there."""
+    from openrlhf_darts import upstream
+
+    for group, dotted in (
+        (cpu_setup.policy, "openrlhf.trainer.ray.ppo_actor.ActorPPOTrainer.training_step"),
+        (cpu_setup.critic, "openrlhf.trainer.ray.ppo_critic.CriticPPOTrainer.training_step"),
+    ):
+        names = (*upstream.TRAINING_STEP_ATTRIBUTES[dotted], "args", "strategy", "replay_buffer")
+        (actor,) = upstream.actor_handles(group)
+        missing = ray_cluster.get(
+            actor.__ray_call__.remote(lambda self, names: [n for n in names if not hasattr(self, n)], names)
+        )
+        assert missing == [], (dotted, missing)
+
+
+def test_policy_fit_adds_upstreams_kl_loss_and_logprobs_diff(ray_cluster, stopping_model_path, tmp_path):
+    """`--algo.kl.use_loss`: upstream's training_step logs `kl` and `logprobs_diff` (the transcription it replaced
+    dropped `logprobs_diff`). Hand-computed with a reference exactly 0.1 below the old log-probs."""
+    import torch
+
+    from openrlhf_darts import upstream
+    from openrlhf_darts.backends.cpu.groups import cpu_actor_group
+
+    # 4 samples, micro-batch 2, train batch 4 -> gas = 4 / 2 = 2: one optimizer step after both micro-batches, so
+    # both are scored with the initial weights and the current log-probs equal the old ones.
+    args = train_args(
+        stopping_model_path, str(tmp_path), **{"algo.kl.use_loss": True, "train.batch_size": 4, "actor.adam.lr": 1e-3}
+    )
+    policy = cpu_actor_group("policy")
+    ray_cluster.get(policy.async_init_model_from_pretrained(make_strategy(args), stopping_model_path, 10, None))
+    seqs = _sequences(seed=2)
+    experiences = make_experiences(seqs, 10, advantages=[1.0, -1.0, 0.5, -0.5])
+    ones = [torch.ones(2, 10, dtype=torch.bool)] * 2
+    fwd = dict(
+        sequences=[e.sequences for e in experiences],
+        action_mask=ones,
+        attention_mask=[e.attention_mask for e in experiences],
+    )
+    old = torch.cat([t for c in ray_cluster.get(policy.async_run_method_batch("forward", **fwd)) for t in c])
+    for experience, lp in zip(experiences, old.split(2)):
+        experience.action_log_probs = lp
+        experience.base_action_log_probs = lp - 0.1
+    ray_cluster.get(policy.async_run_method_batch("append", experience=experiences))
+    (status,) = ray_cluster.get(policy.async_run_method("fit", kl_ctl=0.01))
+    # logprobs_diff = masked mean of (current - reference) = 0.1 on every token. kl (k1) = current - reference = 0.1
+    # per token, aggregated as sum / (window tokens / gas) = (0.1 * 20) / (40 / 2) = 0.1 per micro-batch.
+    assert status["logprobs_diff"] == pytest.approx(0.1, abs=1e-5)
+    assert status["kl"] == pytest.approx(0.1, abs=1e-5)
+    for actor in upstream.actor_handles(policy):
+        ray_cluster.kill(actor)
+
+
+def test_dense_model_rejects_the_moe_balancing_loss(ray_cluster, stopping_model_path, tmp_path):
+    from openrlhf_darts.backends.cpu.groups import cpu_actor_group
+
+    args = train_args(stopping_model_path, str(tmp_path), **{"actor.aux_loss_coef": 0.5})
+    policy = cpu_actor_group("policy")
+    with pytest.raises(ValueError, match=r"--actor.aux_loss_coef=0.5 .* no router .* set --actor.aux_loss_coef 0"):
+        ray_cluster.get(policy.async_init_model_from_pretrained(make_strategy(args), stopping_model_path, 10, None))
+    for actor in policy._actor_handlers:
+        ray_cluster.kill(actor)
+
+
+def test_moe_balancing_loss_reaches_the_router(ray_cluster, tmp_path):
+    """`--actor.aux_loss_coef` on a mixture-of-experts policy: upstream's training_step adds the router's balancing
+    loss. With zero advantages the PPO loss is exactly 0 (ratio * 0), so its gradient is 0 and AdamW leaves every
+    weight in place; only the balancing loss can move the router."""
+    import torch
+    from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
+
+    from openrlhf_darts import upstream
+    from openrlhf_darts.backends.cpu.groups import cpu_actor_group
+
+    torch.manual_seed(0)
+    config = Qwen2MoeConfig(
+        vocab_size=1024, hidden_size=32, intermediate_size=64, moe_intermediate_size=32,
+        shared_expert_intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+        num_experts=4, num_experts_per_tok=2, max_position_embeddings=128,
+    )  # fmt: skip
+    path = tmp_path / "tiny-moe"
+    Qwen2MoeForCausalLM(config).save_pretrained(path)
+
+    def router(group):
+        (actor,) = upstream.actor_handles(group)
+        gate = actor.__ray_call__.remote(lambda self: self.actor.model.model.layers[0].mlp.gate.weight.detach())
+        return ray_cluster.get(gate)
+
+    results = {}
+    for coef in (0.0, 0.5):
+        overrides = {"actor.aux_loss_coef": coef, "train.batch_size": 4}
+        args = train_args(str(path), str(tmp_path / f"run{coef}"), **overrides)
+        policy = cpu_actor_group("policy")
+        ray_cluster.get(policy.async_init_model_from_pretrained(make_strategy(args), str(path), 10, None))
+        experiences = make_experiences(_sequences(seed=3), 10, advantages=[0.0] * 4)
+        for experience in experiences:
+            experience.action_log_probs = torch.zeros(2, 10)
+        before = router(policy)
+        ray_cluster.get(policy.async_run_method_batch("append", experience=experiences))
+        (status,) = ray_cluster.get(policy.async_run_method("fit", kl_ctl=0.0))
+        results[coef] = (status["policy_loss"], float((router(policy) - before).abs().max()))
+        for actor in upstream.actor_handles(policy):
+            ray_cluster.kill(actor)
+    assert results[0.0] == (0.0, 0.0), results  # the premise: no loss, no update without the balancing loss
+    assert results[0.5][0] == 0.0 and results[0.5][1] > 1e-6, results
+
+
+def test_ppo_status_reduction_hand_computed():
+    """`ppo_train`'s reduction (backends/cpu/ppo_status.py) on two hand-made micro-steps, one rank."""
+    import torch
+
+    from openrlhf_darts.backends.cpu import ppo_status
+    from openrlhf_darts.backends.cpu.strategy import CpuStrategy
+
+    strategy = CpuStrategy(NS(args=NS(train=NS(batch_size=4, micro_batch_size=2)), is_rank_0=lambda: True), 1)
+    weights = {"policy_loss": "token", "reward": "sample", "actor_lr": None}
+    steps = [
+        {"metrics": {"policy_loss": torch.tensor(0.5), "reward": torch.tensor([1.0, 0.0]), "actor_lr": 1e-3},
+         "weights": weights, "num_action_tokens": 10.0, "num_samples": 2.0},
+        {"metrics": {"policy_loss": torch.tensor(0.25), "reward": torch.tensor([1.0, 1.0]), "actor_lr": 2e-3},
+         "weights": weights, "num_action_tokens": 30.0, "num_samples": 2.0},
+    ]  # fmt: skip
+    status = ppo_status.policy_status([ppo_status.policy_micro_step(s, strategy) for s in steps])
+    # policy_loss by tokens: (0.5 * 10 + 0.25 * 30) / 40 = 12.5 / 40 = 0.3125; reward by samples: (0.5 * 2 + 1 * 2) /
+    # 4 = 0.75; actor_lr is the last step's.
+    assert status == pytest.approx({"policy_loss": 0.3125, "reward": 0.75, "actor_lr": 2e-3})
+    # Critic: the plain mean over micro-steps: critic_loss (0.2 + 0.4) / 2 = 0.3.
+    critic = ppo_status.critic_status([strategy.all_reduce({"critic_loss": x}) for x in (0.2, 0.4)])
+    assert critic == pytest.approx({"critic_loss": 0.3})

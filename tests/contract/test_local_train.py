@@ -27,31 +27,39 @@ def reward_func(queries, prompts, labels):
 """
 
 
-def _run(tmp_path_factory, stopping_model_path, *extra):
+def local_command(root: Path, model_path: str, *extra, reward: bool = True) -> tuple[list[str], Path]:
+    """The local-mode command of these tests (DARTS on, dual-end) and its run folder; `reward=False` leaves the
+    reward to an AgentExecutor given in `extra`."""
     from openrlhf_darts.bench.tasks import make_problems
 
-    root = tmp_path_factory.mktemp("local_train")
     data = root / "problems.jsonl"
     data.write_text(
         "".join(
             json.dumps({"prompt": p["prompt"], "label": p["answer"]}) + "\n" for p in make_problems(PROMPTS * STEPS, 0)
         )
     )
-    reward = root / "reward.py"
-    reward.write_text(REWARD)
+    reward_flags = []
+    if reward:
+        (root / "reward.py").write_text(REWARD)
+        reward_flags = ["--reward.remote_url", str(root / "reward.py")]
     run_dir = root / "run"
     command = [
         sys.executable, "-m", "openrlhf_darts.local.train", "--run_dir", str(run_dir), "--sync_probe",
-        "--actor.model_name_or_path", stopping_model_path,
+        "--actor.model_name_or_path", model_path,
         "--data.prompt_dataset", str(data), "--data.input_key", "prompt", "--data.label_key", "label",
         "--data.apply_chat_template", "--data.max_samples", str(PROMPTS * STEPS), "--data.max_len", "512",
-        "--reward.remote_url", str(reward),
+        *reward_flags,
         "--rollout.batch_size", str(PROMPTS), "--rollout.n_samples_per_prompt", str(N),
         "--rollout.max_new_tokens", "24", "--rollout.micro_batch_size", str(N),
         "--train.batch_size", str(PROMPTS * N), "--train.micro_batch_size", str(N),
         "--algo.advantage.estimator", "group_norm", "--actor.adam.lr", "1e-2", "--actor.lr_warmup_ratio", "0",
         "--darts.enable", "--darts.selection", "dual_end", *extra,
     ]  # fmt: skip
+    return command, run_dir
+
+
+def _run(tmp_path_factory, stopping_model_path, *extra):
+    command, run_dir = local_command(tmp_path_factory.mktemp("local_train"), stopping_model_path, *extra)
     done = subprocess.run(command, capture_output=True, text=True, timeout=540)
     assert done.returncode == 0, f"local run failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
     records = [json.loads(line) for line in (run_dir / "steps.jsonl").read_text().splitlines()]

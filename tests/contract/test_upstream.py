@@ -4,6 +4,9 @@ An OpenRLHF upgrade must fail here, in one place, before it fails somewhere insi
 - every `upstream.CONTRACT` symbol exists and takes the parameters we call it with;
 - both Ray classes we extend expose their unwrapped class (`__ray_actor_class__`);
 - the source of every `upstream.BEHAVIOUR_PINNED` method still hashes to the value recorded below for 0.11.2;
+- every upstream attribute we read (`upstream.ATTRIBUTES`) is still assigned by the method that sets it, upstream's
+  `training_step` reads from `self` only what the CPU actors define, and the CPU replay buffer sets exactly the
+  fields upstream's sets;
 - the version guard accepts 0.11.2 and rejects anything else with the fix;
 - `upstream.rollout_sampling_params` equals the `SamplingParams` upstream's real `_dispatch_prompts_to_vllm` sends,
   field by field (recorded by a real Ray actor standing in for an engine);
@@ -13,6 +16,7 @@ An OpenRLHF upgrade must fail here, in one place, before it fails somewhere insi
 import hashlib
 import importlib.metadata
 import inspect
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -38,6 +42,14 @@ RECORDED_SOURCE_HASHES = {
     "openrlhf.cli.train_ppo_ray.train": "b0047c66d0497de6",
     "openrlhf.utils.agent.SingleTurnAgentExecutor.__init__": "7053d9b0bb0384e9",
     "openrlhf.utils.agent.SingleTurnAgentExecutor._fetch_rewards_via_func": "d95c3341afe015a5",
+    "openrlhf.trainer.ray.ppo_actor.ActorPPOTrainer.training_step": "ffa1acd4a5a21e37",
+    "openrlhf.trainer.ray.ppo_actor.ActorPPOTrainer.ppo_train": "589ff8a5f9c34ad5",
+    "openrlhf.trainer.ray.ppo_critic.CriticPPOTrainer.training_step": "228527bd6576b5c4",
+    "openrlhf.trainer.ray.ppo_critic.CriticPPOTrainer.ppo_train": "fdf1296c6a9f9dab",
+    "openrlhf.trainer.ppo_utils.replay_buffer.NaiveReplayBuffer.__init__": "4b675d5bdab2b09f",
+    "openrlhf.models.actor.Actor.__init__": "34e1cf12a386dd51",
+    "openrlhf.models.model.get_llm_for_sequence_regression": "48a7366f5618de9d",
+    "openrlhf.trainer.ppo_utils.samples_generator.SamplesGenerator._generate_vllm": "e31c2c4b19657950",
 }
 
 # Keys of one response dict from SingleTurnAgentExecutor.execute (openrlhf/utils/agent.py, 0.11.2), which
@@ -129,6 +141,46 @@ def test_behaviour_pinned_sources_match_0_11_2(upstream):
     )
 
 
+def _assigned_attributes(source: str) -> set[str]:
+    """Names `x` of every `self.x = ...` / `self.x: T = ...` in a method's source."""
+    return set(re.findall(r"^\s*self\.(\w+)\s*(?::[^=\n]+)?=(?!=)", source, flags=re.MULTILINE))
+
+
+def test_upstream_attributes_are_still_assigned_where_we_expect(upstream):
+    missing = []
+    for dotted, setter in upstream.ATTRIBUTES.items():
+        attribute = dotted.rsplit(".", 1)[1]
+        if attribute not in _assigned_attributes(inspect.getsource(upstream.resolve(setter))):
+            missing.append(f"{dotted}: no longer assigned in {setter}")
+    assert not missing, "upstream attributes openrlhf_darts reads moved:\n" + "\n".join(missing)
+    # The door functions read exactly the attributes listed (a door reading an unlisted attribute is unpinned).
+    doors = inspect.getsource(upstream.training_dataloader_iter) + inspect.getsource(upstream.engine_llm)
+    doors += inspect.getsource(upstream.reward_endpoints) + inspect.getsource(upstream.dataset_prompts)
+    doors += inspect.getsource(upstream.engine_vllm_config)
+    for name in ("_dataloader_iter", "llm", "reward_endpoints", "prompts", "vllm_config"):
+        assert any(d.endswith(f".{name}") for d in upstream.ATTRIBUTES) and name in doors, name
+
+
+def test_training_step_reads_only_what_the_cpu_actors_define(upstream):
+    for dotted, attributes in upstream.TRAINING_STEP_ATTRIBUTES.items():
+        source = inspect.getsource(upstream.resolve(dotted))
+        read = set(re.findall(r"self\.(\w+)", source)) - {"args", "strategy", "replay_buffer"}
+        assert read <= set(attributes), f"{dotted} now reads {sorted(read - set(attributes))} from self"
+        asked = set(re.findall(r"self\.strategy\.(\w+)", source))
+        assert asked <= set(upstream.TRAINING_STEP_STRATEGY), f"{dotted} now calls strategy.{sorted(asked)}"
+    from openrlhf_darts.backends.cpu.strategy import CpuStrategy
+
+    for name in upstream.TRAINING_STEP_STRATEGY:
+        assert name in vars(CpuStrategy) or name in CpuStrategy.__init__.__code__.co_names, name
+
+
+def test_cpu_replay_buffer_sets_the_fields_upstreams_sets(upstream):
+    from openrlhf_darts.backends.cpu.base import CpuReplayBuffer
+
+    source = inspect.getsource(upstream.resolve("openrlhf.trainer.ppo_utils.replay_buffer.NaiveReplayBuffer.__init__"))
+    assert _assigned_attributes(source) == set(vars(CpuReplayBuffer(4)))
+
+
 def test_version_guard(upstream, monkeypatch):
     assert upstream.check_version() == importlib.metadata.version("openrlhf") == "0.11.2"
     real_version = importlib.metadata.version
@@ -177,6 +229,7 @@ def recording_engine(ray_cluster):
         ("off", {}),
         ("off", {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 64, "max_len": 300}),
         ("token", {"temperature": 1.0, "top_k": 20, "min_new_tokens": 3, "skip_special_tokens": True}),
+        ("off", {"temperature": 0.7, "top_p": 1.0, "max_new_tokens": 64}),  # what the benchmarks roll out with
     ],
 )
 def test_rollout_sampling_params_equal_upstream_dispatch(
@@ -205,6 +258,25 @@ def test_rollout_sampling_params_equal_upstream_dispatch(
         assert call["num_samples"] == 3
     # logprobs=1 exactly when importance correction is on (the engines then run processed_logprobs).
     assert ours.logprobs == (None if correction == "off" else 1)
+
+    if correction == "off" and set(generate_kwargs) == {"temperature", "top_p", "max_new_tokens"}:
+        # The benchmarks' rollout parameters are the same builder's, plus their extra stop tokens.
+        from openrlhf_darts.bench.rollout import rollout_sampling_params
+
+        bench = rollout_sampling_params(generate_kwargs["max_new_tokens"], generate_kwargs["temperature"], [7, 9])
+        theirs = calls[0]["sampling_params"]
+        differing = {f for f in type(ours).__struct_fields__ if getattr(theirs, f) != getattr(bench, f)}
+        # vLLM derives _all_stop_token_ids from stop_token_ids (and the EOS id, set later by the engine).
+        assert differing == {"stop_token_ids", "_all_stop_token_ids"}, differing
+        assert bench.stop_token_ids == [7, 9] and {7, 9} <= set(bench._all_stop_token_ids)
+
+
+def test_rollout_sampling_params_extra_fields_cannot_override_upstreams(upstream):
+    args = rollout_args()
+    params = upstream.rollout_sampling_params(args, {"max_new_tokens": 5}, stop_token_ids=[3])
+    assert params.stop_token_ids == [3] and params.max_tokens == 5
+    with pytest.raises(ValueError, match=r"\['max_tokens'\] are set from generate_kwargs"):
+        upstream.rollout_sampling_params(args, {}, max_tokens=5)
 
 
 def test_executor_output_keys_on_a_real_engine(ray_cluster, darts_engine, tokenizer):

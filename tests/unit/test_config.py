@@ -253,10 +253,23 @@ def test_group_of_one():
         ({"ema_alpha": 1.5}, "--darts.ema_alpha=1.5 must lie in (0, 1]"),
         ({"stream_chunk_tokens": 0}, "--darts.stream_chunk_tokens=0 must be >= 1"),
         ({"budget_window": 0}, "--darts.budget_window=0 must be >= 1"),
+        ({"max_live_caches": 0}, "--darts.max_live_caches=0 must be an integer >= 1"),
+        ({"max_live_caches": 0, "enable": False}, "--darts.max_live_caches=0 must be an integer >= 1"),
     ],
 )
 def test_other_ranges(darts, fragment):
     _rejects(_args(darts=darts), fragment)
+
+
+def test_max_live_caches_is_a_flag_with_default_64():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_darts_arguments(parser)
+    assert vars(parser.parse_args([]))["darts.max_live_caches"] == 64
+    assert vars(parser.parse_args(["--darts.max_live_caches", "3"]))["darts.max_live_caches"] == 3
+    assert DartsConfig.from_args(_args(darts={"max_live_caches": 3})).max_live_caches == 3
+    assert DartsConfig.from_args(_args()).max_live_caches == 64
 
 
 def test_config_is_frozen():

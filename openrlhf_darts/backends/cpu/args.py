@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace as NS
 
+from openrlhf_darts.config import default_flags
+
 
 def _optim(lr: float) -> dict:
     return dict(
@@ -109,7 +111,7 @@ def cpu_args(model_path: str, work_dir: str, **overrides) -> NS:
             output_dir=f"{work_dir}/out",
         ),
         vllm=NS(enable_prefix_caching=True, enable_sleep=False),
-        darts=NS(),
+        darts=NS(**default_flags()),  # as upstream's parser with our flags registered and none given
     )
     for dotted, value in overrides.items():
         *path, leaf = dotted.split(".")

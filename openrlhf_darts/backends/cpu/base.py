@@ -1,10 +1,11 @@
-"""What every CPU model actor shares: process setup, fp32 model loading, the optimizer loop and checkpoints.
+"""What every CPU model actor shares: process setup, fp32 model loading, the optimizer and checkpoints.
 
 `CpuModelActorBase` extends upstream's plain `BaseModelActor` (not a Ray class), so the Ray-group protocol
 (`execute_batch`, `get_master_addr_port`, the MASTER_ADDR/RANK environment `RayActorGroup` relies on) is upstream's own.
 It replaces only what touches CUDA: distributed setup (gloo instead of DeepSpeed/NCCL), `empty_cache`, and the
-DeepSpeed engine's backward / optimizer step (plain autograd + AdamW + upstream's scheduler, with DeepSpeed's
-1/gradient-accumulation scaling and DP gradient averaging, so upstream's loss normalization stays correct).
+DeepSpeed engine, whose backward / optimizer step `CpuStrategy` does for upstream's own `training_step` (strategy.py).
+Checkpoints hold the model, the optimizer, the scheduler and the number of `fit` calls (which seeds the replay-buffer
+shuffle), so a resumed run trains exactly as an uninterrupted one would (tests/contract/test_resume.py).
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ import torch
 import torch.distributed as dist
 
 from openrlhf_darts import upstream
+from openrlhf_darts.backends.cpu import settings
+from openrlhf_darts.backends.cpu.strategy import CpuStrategy
 
 logger = logging.getLogger(__name__)
 _UP = upstream.model_side()
 CPU_ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
-CPU_THREADS_ENV = "OPENRLHF_DARTS_CPU_THREADS"
 
 
 def cpu_attn_implementation(requested: str) -> str:
@@ -66,13 +68,13 @@ class CpuModelActorBase(_UP.BaseModelActor):
 
     def _setup_distributed(self, strategy) -> None:
         # Upstream calls DeepSpeed's init (CUDA device, NCCL); here: a seed, a thread budget, and gloo for DP > 1.
-        self.strategy = strategy
         self.args = strategy.args
         check_cpu_args(self.args)
         torch.manual_seed(self.args.train.seed)
-        torch.set_num_threads(int(os.environ.get(CPU_THREADS_ENV, "1")))
+        torch.set_num_threads(settings.model_actor_threads())
         if self._world_size > 1 and not dist.is_initialized():
             dist.init_process_group("gloo", rank=self._rank, world_size=self._world_size)
+        self.strategy = CpuStrategy(strategy, self._world_size)
 
     def empty_cache(self) -> None:
         gc.collect()
@@ -90,7 +92,6 @@ class CpuModelActorBase(_UP.BaseModelActor):
     # ---- training -----------------------------------------------------------------------------------------------
     def _build_optimizer(self, model: torch.nn.Module, cfg, max_steps: int | None) -> None:
         """AdamW with upstream's parameter groups and upstream's scheduler (`transformers.get_scheduler`)."""
-        from openrlhf.utils.deepspeed.deepspeed_utils import get_optimizer_grouped_parameters
         from transformers.trainer import get_scheduler
 
         if cfg.optim != "adam":
@@ -99,7 +100,7 @@ class CpuModelActorBase(_UP.BaseModelActor):
             raise ValueError(f"max_steps={max_steps!r}: the learning-rate schedule needs the number of training steps")
         adam = cfg.adam
         self.optimizer = torch.optim.AdamW(
-            get_optimizer_grouped_parameters(model, adam.weight_decay),
+            _UP.get_optimizer_grouped_parameters(model, adam.weight_decay),
             lr=adam.lr,
             betas=tuple(adam.betas),
             eps=adam.eps,
@@ -116,20 +117,18 @@ class CpuModelActorBase(_UP.BaseModelActor):
             num_training_steps=max_steps,
             scheduler_specific_kwargs=scheduler_kwargs,
         )
-        self.max_norm = cfg.max_norm
-        self.grad_norm = 0.0
+        self.strategy.max_norm = cfg.max_norm
+        self._fit_calls = 0
 
-    @property
-    def accumulated_gradient(self) -> int:
-        """Micro-batches per optimizer step, as DeepSpeed computes it (train batch / micro batch / DP size)."""
-        train = self.args.train
-        return max(1, train.batch_size // train.micro_batch_size // self._world_size)
+    def _micro_batches(self, buffer, epoch: int) -> list:
+        """(experience, loss_batch_info) pairs over the replay buffer, normalized per optimizer step by upstream.
 
-    def _micro_batches(self, buffer, seed_offset: int):
-        """(experience, loss_batch_info) pairs over the replay buffer, normalized per optimizer step by upstream."""
+        Upstream's `ppo_train` shuffles with the global RNG; here the order is seeded by the seed, the `fit` call and
+        the epoch, so two runs (and a resumed run) draw the same micro-batches.
+        """
         from torch.utils.data import DataLoader
 
-        generator = torch.Generator().manual_seed(self.args.train.seed + seed_offset)
+        generator = torch.Generator().manual_seed(self.args.train.seed + 1000 * self._fit_calls + epoch)
         loader = DataLoader(
             buffer,
             batch_size=buffer.sample_batch_size,
@@ -138,37 +137,18 @@ class CpuModelActorBase(_UP.BaseModelActor):
             collate_fn=buffer.collate_fn,
             generator=generator,
         )
-        return _UP.iter_grad_accum_global_norm(
-            loader, self.strategy, self.accumulated_gradient, lambda e: e.action_mask
-        )
+        gas = self.strategy.accumulated_gradient
+        return list(_UP.iter_grad_accum_global_norm(loader, self.strategy, gas, lambda e: e.action_mask))
 
-    def _backward(self, loss: torch.Tensor, model: torch.nn.Module, micro_step: int, last: bool) -> bool:
-        """DeepSpeed's backward + step: loss/gas, DP-averaged gradients, clip, AdamW, scheduler. True if it stepped."""
-        gas = self.accumulated_gradient
-        (loss / gas).backward()
-        if (micro_step + 1) % gas != 0 and not last:
-            return False
-        params = [p for p in model.parameters() if p.requires_grad]
-        if self._world_size > 1:
-            for p in params:
-                if p.grad is not None:
-                    dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-                    p.grad.div_(self._world_size)
-        max_norm = self.max_norm if self.max_norm and self.max_norm > 0 else float("inf")
-        self.grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return True
-
-    def _all_reduce_status(self, sums: dict[str, float], weights: dict[str, float]) -> dict[str, float]:
-        """Weighted means over every DP rank, like upstream's `strategy.all_reduce` of the weighted sums."""
-        keys = sorted(sums)
-        values = torch.tensor([sums[k] for k in keys] + [weights[k] for k in keys], dtype=torch.float64)
-        if self._world_size > 1:
-            dist.all_reduce(values, op=dist.ReduceOp.SUM)
-        n = len(keys)
-        return {k: float(values[i] / values[n + i]) if values[n + i] > 0 else 0.0 for i, k in enumerate(keys)}
+    def _check_aux_loss(self, model: torch.nn.Module) -> None:
+        """`--actor.aux_loss_coef` > 0 adds the MoE balancing loss, which only mixture-of-experts models produce."""
+        coef = self.args.actor.aux_loss_coef
+        if coef > 1e-8 and "output_router_logits" not in model.config.to_dict():
+            raise ValueError(
+                f"--actor.aux_loss_coef={coef} adds the mixture-of-experts balancing loss, but "
+                f"{type(model).__name__} has no router (its config has no output_router_logits); set "
+                "--actor.aux_loss_coef 0 for dense models"
+            )
 
     # ---- checkpoints --------------------------------------------------------------------------------------------
     def _save_states(self, subdir: str, tag: str, model: torch.nn.Module, client_states: dict | None) -> None:
@@ -184,6 +164,7 @@ class CpuModelActorBase(_UP.BaseModelActor):
                 "model": model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
+                "fit_calls": self._fit_calls,
                 "client_states": client_states or {},
             },
             os.path.join(path, "states.pt"),
@@ -206,6 +187,12 @@ class CpuModelActorBase(_UP.BaseModelActor):
         model.load_state_dict(states["model"])
         self.optimizer.load_state_dict(states["optimizer"])
         self.scheduler.load_state_dict(states["scheduler"])
+        if "fit_calls" not in states:
+            raise ValueError(
+                f"{os.path.join(root, tags[-1], 'states.pt')} has no fit_calls (written by an older openrlhf_darts): "
+                "the replay-buffer shuffle of the next steps cannot be restored; start from a new --ckpt.path"
+            )
+        self._fit_calls = states["fit_calls"]
         logger.info("loaded CPU checkpoint %s", os.path.join(root, tags[-1]))
         return states["client_states"]
 
@@ -221,8 +208,9 @@ def _read_tags(root: str) -> list[str]:
 class CpuReplayBuffer(_UP.NaiveReplayBuffer):
     """Upstream's replay buffer (append/split/unpad/collate) with its CUDA target device replaced by the CPU.
 
-    Upstream's `__init__` asks `torch.cuda.current_device()`; this one sets the same fields without it. Dynamic
-    batching is rejected on CPU (`check_cpu_args`), so only the fields of the plain path matter.
+    Mirrors replay_buffer.py@0.11.2 `NaiveReplayBuffer.__init__` (pinned in `upstream.BEHAVIOUR_PINNED`; the contract
+    test also checks that both set the same fields): upstream's asks `torch.cuda.current_device()`, this one sets the
+    same fields without it. Packing and dynamic batching are rejected on CPU (`check_cpu_args`).
     """
 
     def __init__(self, sample_batch_size: int, limit: int = 0) -> None:
@@ -241,7 +229,11 @@ class CpuReplayBuffer(_UP.NaiveReplayBuffer):
 
 
 def load_causal_lm(pretrain: str, args):
-    """Upstream's `Actor` around an fp32 Hugging Face causal LM (upstream's loader knows bf16/fp16 only)."""
+    """Upstream's `Actor` around an fp32 Hugging Face causal LM (upstream's loader knows bf16/fp16 only).
+
+    Mirrors the loading branch of actor.py@0.11.2 `Actor.__init__` (pinned): MoE models return their router logits,
+    so upstream's `training_step` can add the balancing loss; no KV cache in full-sequence forwards.
+    """
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
@@ -250,6 +242,8 @@ def load_causal_lm(pretrain: str, args):
         attn_implementation=cpu_attn_implementation(args.ds.attn_implementation),
         trust_remote_code=True,
     )
+    if "output_router_logits" in model.config.to_dict():
+        model.config.output_router_logits = True
     model.config.use_cache = False  # as upstream: full-sequence forwards; chunked scoring passes its own cache
     actor = _UP.Actor(model, temperature=args.rollout.temperature)
     actor.packing_samples = False  # upstream sets this only on its own loading branch
@@ -257,7 +251,11 @@ def load_causal_lm(pretrain: str, args):
 
 
 def load_critic(pretrain: str, args):
-    """Upstream's critic class (value head on the base model), built in fp32 on CPU."""
+    """Upstream's critic class (value head on the base model), built in fp32 on CPU.
+
+    Mirrors model.py@0.11.2 `get_llm_for_sequence_regression` (pinned) for the critic: config flags, value-head prefix
+    precedence, the MoE router flag, use_cache off, and a fresh value head when the critic starts from the policy.
+    """
     from transformers import AutoConfig, AutoModel
 
     config = AutoConfig.from_pretrained(pretrain, trust_remote_code=True)
@@ -267,6 +265,8 @@ def load_critic(pretrain: str, args):
     base_class = AutoModel._model_mapping[type(config)]
     critic_cls = _UP.critic_model_class(base_class.__base__, base_class, prefix, False)
     critic = critic_cls.from_pretrained(pretrain, config=config, torch_dtype=torch.float32, trust_remote_code=True)
+    if "output_router_logits" in critic.config.to_dict():
+        critic.config.output_router_logits = True
     critic.config.use_cache = False
     if args.actor.model_name_or_path == args.critic.model_name_or_path:
         # Upstream initializes a fresh value head when the critic starts from the policy checkpoint.

@@ -39,12 +39,21 @@ class _SampleState:
 class ChunkCache:
     """Per-sample KV caches of one scorer, at most `max_live` at a time."""
 
-    def __init__(self, step: ChunkStep, kind: str, max_live: int = 64, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        step: ChunkStep,
+        kind: str,
+        max_live: int = 64,
+        device: str | torch.device = "cpu",
+        new_cache: Callable[[], object] | None = None,
+    ):
+        """`new_cache()` makes an empty per-sample cache for `step` (default: Hugging Face's `DynamicCache`)."""
         if kind not in KINDS:
             raise ValueError(f"kind={kind!r} is not one of {KINDS}")
         if max_live < 1:
             raise ValueError(f"max_live={max_live} must be >= 1 (samples whose KV cache a scorer may hold at once)")
         self._step = step
+        self._new_cache = new_cache
         self.kind = kind
         self.max_live = max_live
         self.device = torch.device(device)
@@ -62,8 +71,6 @@ class ChunkCache:
     @torch.no_grad()
     def forward_chunk(self, sample_id: str, tokens: Sequence[int] | torch.Tensor) -> torch.Tensor:
         """Feed the next `tokens` of `sample_id`; returns their scores, shape (len(tokens),) ((len - 1,) first)."""
-        from transformers import DynamicCache
-
         ids = torch.as_tensor(tokens, dtype=torch.long).reshape(1, -1)
         if ids.shape[1] == 0:
             raise ValueError(f"empty chunk for sample {sample_id!r}; send at least one token")
@@ -75,7 +82,11 @@ class ChunkCache:
                     f"{len(self._states)} live KV caches already (max_live={self.max_live}); finish or release a "
                     f"sample before starting {sample_id!r}"
                 )
-            state = self._states[sample_id] = _SampleState(cache=DynamicCache())
+            if self._new_cache is None:
+                from transformers import DynamicCache
+
+                self._new_cache = DynamicCache
+            state = self._states[sample_id] = _SampleState(cache=self._new_cache())
         positions = torch.arange(state.num_tokens, state.num_tokens + ids.shape[1]).reshape(1, -1)
         rows = self._step(ids.to(self.device), positions.to(self.device), state.cache)[0].float()  # (C, V) or (C,)
         if self.kind == "logprobs":
@@ -148,6 +159,11 @@ def critic_step(critic: torch.nn.Module) -> ChunkStep:
         return values
 
     return step
+
+
+def max_live_caches(args) -> int:
+    """Per scorer actor, the most samples whose KV cache may live at once: `--darts.max_live_caches` (default 64)."""
+    return args.darts.max_live_caches
 
 
 class ChunkScoringMixin:

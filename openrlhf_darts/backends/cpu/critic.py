@@ -1,4 +1,8 @@
-"""`CpuCriticActor`: upstream's `CriticModelActor` protocol on CPU (values for GAE, value-loss training)."""
+"""`CpuCriticActor`: upstream's `CriticModelActor` protocol on CPU (values for GAE, value-loss training).
+
+`fit` is upstream's critic `ppo_train` without CUDA: upstream's own `CriticPPOTrainer.training_step` per micro-batch
+(`CpuStrategy` does DeepSpeed's backward and AdamW step) and `ppo_train`'s status reduction (ppo_status.py).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,9 @@ import ray
 import torch
 
 from openrlhf_darts import upstream
+from openrlhf_darts.backends.cpu import ppo_status
 from openrlhf_darts.backends.cpu.base import CpuModelActorBase, CpuReplayBuffer, load_critic
-from openrlhf_darts.backends.cpu.chunk_cache import ChunkCache, ChunkScoringMixin, critic_step
-from openrlhf_darts.backends.cpu.reference import max_live_caches
+from openrlhf_darts.backends.cpu.chunk_cache import ChunkCache, ChunkScoringMixin, critic_step, max_live_caches
 
 _UP = upstream.model_side()
 
@@ -20,11 +24,14 @@ class CpuCriticActorImpl(ChunkScoringMixin, CpuModelActorBase):
         self._setup_distributed(strategy)
         args = self.args
         self.critic = load_critic(pretrain, args)
+        self._check_aux_loss(self.critic)
         self._build_optimizer(self.critic, args.critic, max_steps)
-        self.loss_fn = _UP.ValueLoss(args.critic.value_clip)
+        # What upstream's training_step reads from self (upstream.TRAINING_STEP_ATTRIBUTES), under upstream's names.
+        self.critic_optim, self.critic_scheduler = self.optimizer, self.scheduler
+        self.aux_loss = args.actor.aux_loss_coef > 1e-8  # upstream's critic reads the actor's coefficient
+        self.critic_loss_fn = _UP.ValueLoss(args.critic.value_clip)
         self.replay_buffer = CpuReplayBuffer(args.train.micro_batch_size)
-        self.chunks = ChunkCache(critic_step(self.critic), "values", max_live_caches())
-        self._fit_calls = 0
+        self.chunks = ChunkCache(critic_step(self.critic), "values", max_live_caches(args))
         self._load_states("_critic", self.critic)
 
     @torch.no_grad()
@@ -45,31 +52,17 @@ class CpuCriticActorImpl(ChunkScoringMixin, CpuModelActorBase):
         self.replay_buffer.append(experience)
 
     def fit(self):
-        """One PPO critic update over the replay buffer with upstream's `ValueLoss`; returns upstream's status keys."""
-        self.critic.train()
-        sums: dict[str, float] = {}
-        weights: dict[str, float] = {}
+        """One PPO critic update over the replay buffer; returns upstream's critic `ppo_train` status."""
+        status_list = []
         for epoch in range(self.args.train.max_epochs):
-            batches = list(self._micro_batches(self.replay_buffer, seed_offset=1000 * self._fit_calls + epoch))
-            for step, (experience, info) in enumerate(batches):
-                values = self.critic(experience.sequences, experience.action_mask, experience.attention_mask)
-                loss = self.loss_fn(
-                    values, experience.values, experience.returns, action_mask=experience.action_mask, **info
-                )
-                self._backward(loss, self.critic, step, last=step == len(batches) - 1)
-                n_tokens = float(experience.action_mask.sum())
-                for key, value in (
-                    ("critic_loss", float(loss)),
-                    ("values", float(_UP.masked_mean(values.detach(), experience.action_mask))),
-                ):
-                    sums[key] = sums.get(key, 0.0) + value * n_tokens
-                    weights[key] = weights.get(key, 0.0) + n_tokens
+            batches = self._micro_batches(self.replay_buffer, epoch)
+            for step, (experience, loss_batch_info) in enumerate(batches):
+                self.strategy.flush_next_step = step == len(batches) - 1
+                status = _UP.critic_training_step(self, experience, step, loss_batch_info)
+                status_list.append(self.strategy.all_reduce(status))
         self._fit_calls += 1
         self.replay_buffer.clear()
-        status = self._all_reduce_status(sums, weights)
-        status["critic_lr"] = self.scheduler.get_last_lr()[0]
-        status["critic_grad_norm"] = self.grad_norm
-        return status
+        return ppo_status.critic_status(status_list)
 
     def save_checkpoint(self, tag, metric_value=None, metric_key=None):
         self._save_states("_critic", tag, self.critic, {"metric_value": metric_value, "metric_key": metric_key})

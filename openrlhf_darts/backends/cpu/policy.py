@@ -1,10 +1,12 @@
 """`CpuPolicyActor`: upstream's `PolicyModelActor` protocol on CPU: old log-probs, the PPO/GRPO update, weight sync.
 
-`fit` runs upstream's `PolicyLoss` (and KL loss / entropy terms when enabled) over the replay buffer with upstream's
-loss normalization (`iter_grad_accum_global_norm`), AdamW and upstream's scheduler, and returns the status keys
-upstream's `PPOTrainer` logs (`policy_loss`, `actor_lr`, `actor_grad_norm`, `ppo_clip_ratio`, `ppo_kl`, the
-experience `info` means ...). `broadcast_to_vllm` pushes every parameter into every engine as bytes through
-`DartsRolloutActor.update_weights_from_lists` (NCCL and CUDA IPC do not exist on CPU), then resets prefix caches.
+`fit` is upstream's `ppo_train` without CUDA: micro-batches from the replay buffer with upstream's loss normalization
+(`iter_grad_accum_global_norm`), upstream's own `ActorPPOTrainer.training_step` on each (policy loss, KL loss and
+`logprobs_diff`, entropy term, MoE balancing loss, status keys; `CpuStrategy` does DeepSpeed's backward and AdamW
+step), and `ppo_train`'s status reduction (ppo_status.py). The attributes that `training_step` reads from `self`
+(`upstream.TRAINING_STEP_ATTRIBUTES`) are set in `init_model_from_pretrained`. `broadcast_to_vllm` pushes every
+parameter into every engine as bytes through `DartsRolloutActor.update_weights_from_lists` (NCCL and CUDA IPC do not
+exist on CPU), then resets prefix caches.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ import ray
 import torch
 
 from openrlhf_darts import upstream
+from openrlhf_darts.backends.cpu import ppo_status
 from openrlhf_darts.backends.cpu.base import CpuModelActorBase, CpuReplayBuffer, load_causal_lm, reject_multimodal
-from openrlhf_darts.backends.cpu.chunk_cache import ChunkCache, ChunkScoringMixin, causal_lm_step
-from openrlhf_darts.backends.cpu.reference import max_live_caches
+from openrlhf_darts.backends.cpu.chunk_cache import ChunkCache, ChunkScoringMixin, causal_lm_step, max_live_caches
 from openrlhf_darts.backends.cpu.worker_extension import weight_payload
 
 logger = logging.getLogger(__name__)
@@ -42,8 +44,13 @@ class CpuPolicyActorImpl(ChunkScoringMixin, CpuModelActorBase):
             self.actor.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": args.actor.gradient_checkpointing_reentrant}
             )
+        self._check_aux_loss(self.actor.model)
         self._build_optimizer(self.actor, args.actor, max_steps)
-        self.loss_fn = _UP.PolicyLoss(
+        # What upstream's training_step reads from self (upstream.TRAINING_STEP_ATTRIBUTES), under upstream's names.
+        self.actor_optim, self.actor_scheduler = self.optimizer, self.scheduler
+        self.aux_loss = args.actor.aux_loss_coef > 1e-8
+        self.ema_model, self.ema_beta = None, None
+        self.actor_loss_fn = _UP.PolicyLoss(
             clip_eps_low=args.actor.eps_clip_low_high[0],
             clip_eps_high=args.actor.eps_clip_low_high[1],
             dual_clip=args.actor.dual_clip,
@@ -56,9 +63,8 @@ class CpuPolicyActorImpl(ChunkScoringMixin, CpuModelActorBase):
         )
         self.replay_buffer = CpuReplayBuffer(args.train.micro_batch_size)
         self.chunks = ChunkCache(
-            causal_lm_step(self.actor.model, self.actor.temperature), "logprobs", max_live_caches()
+            causal_lm_step(self.actor.model, self.actor.temperature), "logprobs", max_live_caches(args)
         )
-        self._fit_calls = 0
         self.checkpoint_states = self._load_states("_actor", self.actor)
 
     # ---- experience side ----------------------------------------------------------------------------------------
@@ -83,92 +89,17 @@ class CpuPolicyActorImpl(ChunkScoringMixin, CpuModelActorBase):
 
     # ---- training -----------------------------------------------------------------------------------------------
     def fit(self, kl_ctl: float = 0):
-        """One PPO/GRPO policy update over the replay buffer; returns upstream's status keys (weighted means)."""
-        args = self.args
-        self.actor.train()
-        sums: dict[str, float] = {}
-        weights: dict[str, float] = {}
-
-        def record(key: str, value: torch.Tensor | float, weight: float) -> None:
-            value = value.float().mean().item() if isinstance(value, torch.Tensor) else float(value)
-            sums[key] = sums.get(key, 0.0) + value * weight
-            weights[key] = weights.get(key, 0.0) + weight
-
-        for epoch in range(args.train.max_epochs):
-            batches = list(self._micro_batches(self.replay_buffer, seed_offset=1000 * self._fit_calls + epoch))
-            for step, (experience, info) in enumerate(batches):
-                loss, metrics = self._policy_loss(experience, kl_ctl, info)
-                self._backward(loss, self.actor, step, last=step == len(batches) - 1)
-                n_tokens = float(experience.action_mask.sum())
-                n_samples = float(experience.action_mask.shape[0])
-                for key, value in metrics.items():
-                    record(key, value, n_tokens)
-                for key, value in experience.info.items():
-                    if key in metrics:
-                        continue
-                    if isinstance(value, torch.Tensor):
-                        record(key, value, n_tokens if value.dim() == 0 else n_samples)
-                    elif isinstance(value, list):  # collated per-sample 0-d tensors, as upstream's training_step
-                        record(key, torch.tensor([float(v) for v in value]), n_samples)
-                for key in ("response_length", "total_length"):
-                    value = getattr(experience, key)
-                    if isinstance(value, torch.Tensor):
-                        record(key, value, n_samples)
+        """One PPO/GRPO policy update over the replay buffer; returns upstream's `ppo_train` status."""
+        status_list = []
+        for epoch in range(self.args.train.max_epochs):
+            batches = self._micro_batches(self.replay_buffer, epoch)
+            for step, (experience, loss_batch_info) in enumerate(batches):
+                self.strategy.flush_next_step = step == len(batches) - 1
+                status = _UP.policy_training_step(self, experience, kl_ctl, step, loss_batch_info)
+                status_list.append(ppo_status.policy_micro_step(status, self.strategy))
         self._fit_calls += 1
         self.replay_buffer.clear()
-        status = self._all_reduce_status(sums, weights)
-        status["actor_lr"] = self.scheduler.get_last_lr()[0]
-        status["actor_grad_norm"] = self.grad_norm
-        return status
-
-    def _policy_loss(self, experience, kl_ctl: float, info: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Upstream's training_step loss: PolicyLoss, optional KL loss and entropy term (CPU, no DeepSpeed)."""
-        args = self.args
-        action_log_probs, output = self.actor(
-            experience.sequences,
-            experience.action_mask,
-            attention_mask=experience.attention_mask,
-            return_output=True,
-            return_entropy=args.actor.entropy_coef is not None,
-        )
-        actor_loss, clip_ratio, ppo_kl, vllm_kl, is_filter_ratio = self.loss_fn(
-            action_log_probs,
-            experience.action_log_probs,
-            experience.advantages,
-            action_mask=experience.action_mask,
-            rollout_log_probs=experience.rollout_log_probs,
-            **info,
-        )
-        metrics = {
-            "policy_loss": actor_loss.detach(),
-            "ppo_clip_ratio": clip_ratio.detach(),
-            "ppo_kl": ppo_kl.detach(),
-        }
-        if vllm_kl is not None:
-            metrics["vllm_kl"] = vllm_kl.detach()
-            metrics["is_filter_ratio"] = is_filter_ratio.detach()
-        loss = actor_loss
-        if args.algo.kl.use_loss:
-            if args.algo.kl.init_coef > 0:
-                kl = _UP.compute_approx_kl(
-                    action_log_probs,
-                    experience.base_action_log_probs,
-                    log_probs_old=experience.action_log_probs,
-                    kl_estimator=args.algo.kl.estimator,
-                    unbiased_gradient=args.algo.kl.unbiased_gradient,
-                )
-            else:
-                kl = torch.zeros_like(action_log_probs)
-            kl_loss = _UP.aggregate_loss(kl, experience.action_mask, **info)
-            metrics["kl"] = kl_loss.detach()
-            loss = loss + kl_loss * kl_ctl
-        if args.actor.entropy_coef is not None:
-            entropy_loss = _UP.aggregate_loss(
-                output.entropy[:, -experience.action_mask.shape[1] :], experience.action_mask, **info
-            )
-            metrics["entropy_loss"] = entropy_loss.detach()
-            loss = loss - entropy_loss * args.actor.entropy_coef
-        return loss, metrics
+        return ppo_status.policy_status(status_list)
 
     # ---- weight sync --------------------------------------------------------------------------------------------
     @torch.no_grad()

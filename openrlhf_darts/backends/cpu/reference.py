@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import ray
 import torch
 
 from openrlhf_darts.backends.cpu.base import CpuModelActorBase, load_causal_lm, reject_multimodal
-from openrlhf_darts.backends.cpu.chunk_cache import ChunkCache, ChunkScoringMixin, causal_lm_step
-
-MAX_LIVE_CACHES_ENV = "OPENRLHF_DARTS_MAX_LIVE_CACHES"
-
-
-def max_live_caches() -> int:
-    """Per-scorer cap on KV caches held for token streaming (env `OPENRLHF_DARTS_MAX_LIVE_CACHES`, default 64)."""
-    return int(os.environ.get(MAX_LIVE_CACHES_ENV, "64"))
+from openrlhf_darts.backends.cpu.chunk_cache import ChunkCache, ChunkScoringMixin, causal_lm_step, max_live_caches
 
 
 class CpuReferenceActorImpl(ChunkScoringMixin, CpuModelActorBase):
@@ -24,7 +15,7 @@ class CpuReferenceActorImpl(ChunkScoringMixin, CpuModelActorBase):
         self.model = load_causal_lm(pretrain, self.args)
         self.model.eval()
         self.chunks = ChunkCache(
-            causal_lm_step(self.model.model, self.model.temperature), "logprobs", max_live_caches()
+            causal_lm_step(self.model.model, self.model.temperature), "logprobs", max_live_caches(self.args)
         )
 
     @torch.no_grad()
