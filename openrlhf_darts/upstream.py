@@ -182,16 +182,18 @@ def install_driver_patches(trainer_cls, actor_cls) -> None:
 
 @contextlib.contextmanager
 def darts_flags_in_upstream_cli(on_parsed):
-    """While upstream's `train_ppo_ray` runs as `__main__`: add `--darts.*` to its parser and validate after parsing.
+    """While upstream's `train_ppo_ray` runs as `__main__`: add `--darts.*` and `--tail_batching.*` to its parser and
+    validate after parsing.
 
     Upstream builds its parser under `if __name__ == "__main__":`, so nothing can import it. Two scoped hooks:
-    `ArgumentParser.parse_args` gains the DARTS group on its first call (so `--help` lists it), and
+    `ArgumentParser.parse_args` gains the DARTS and tail-batching groups on its first call (so `--help` lists them), and
     `openrlhf.utils.config.hierarchize`, which the script imports at call time, hands the nested namespace to
     `on_parsed` before any upstream validation or Ray actor runs.
     """
     from openrlhf.utils import config as upstream_config
 
     from openrlhf_darts.config import add_darts_arguments
+    from openrlhf_darts.tail_batching import add_tail_batching_arguments
 
     original_parse_args = argparse.ArgumentParser.parse_args
     original_hierarchize = upstream_config.hierarchize
@@ -200,6 +202,7 @@ def darts_flags_in_upstream_cli(on_parsed):
     def parse_args(self, *a, **kw):
         if not added:
             add_darts_arguments(self)
+            add_tail_batching_arguments(self)
             added.append(self)
         return original_parse_args(self, *a, **kw)
 

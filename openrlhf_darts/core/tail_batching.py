@@ -126,7 +126,9 @@ class TailRace:
 
     def __init__(self, target: int, pinned: Sequence[bool]) -> None:
         self.target = check_int("target", target, minimum=1)
-        self.pinned: list[bool] = [check_bool(f"pinned[{j}]", p) for j, p in enumerate(check_sequence("pinned", pinned))]
+        self.pinned: list[bool] = [
+            check_bool(f"pinned[{j}]", p) for j, p in enumerate(check_sequence("pinned", pinned))
+        ]
         if len(self.pinned) < self.target:
             raise ValueError(
                 f"{len(self.pinned)} groups launched for target={self.target}; a race needs at least target groups"

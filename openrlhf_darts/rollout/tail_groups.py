@@ -124,7 +124,9 @@ class TailGroups:
         if group_id in self._runs:
             raise ValueError(f"group_id={group_id} is already running on this engine; give every launch its own id")
         if sampling_params.n != 1:
-            raise ValueError(f"sampling_params.n={sampling_params.n}; tail batching sends n=1 requests, one per sample")
+            raise ValueError(
+                f"sampling_params.n={sampling_params.n}; tail batching sends n=1 requests, one per sample"
+            )
         run = TailRun(group_id, num_samples)
         self._runs[group_id] = run
         try:

@@ -20,6 +20,7 @@ import pytest
 from conftest import prompt_batches, rollout_args
 
 from openrlhf_darts.config import DartsConfig
+from openrlhf_darts.tail_batching import TailBatchingConfig
 
 pytestmark = [pytest.mark.contract, pytest.mark.timeout(600)]
 
@@ -108,6 +109,7 @@ def _bare_trainer(trainer_classes, args, samples_generator, actor_group, tensorb
     trainer.strategy = SimpleNamespace(args=args)
     trainer.args = args
     trainer.darts_config = DartsConfig.from_args(args)
+    trainer.tail_batching_config = TailBatchingConfig.from_args(args)
     trainer.samples_generator = samples_generator
     trainer.actor_model_group = actor_group
     trainer.critic_model_group = None
