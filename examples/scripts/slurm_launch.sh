@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Run one training script (baseline or DARTS) on a Ray cluster built inside a Slurm allocation.
+# Run one training script (baseline, DARTS or tail batching) on a Ray cluster built inside a Slurm allocation.
 #
 #   sbatch --nodes=4 examples/scripts/slurm_launch.sh examples/scripts/train_qwen2.5_32b_multinode_darts.sh
 #   sbatch --nodes=4 examples/scripts/slurm_launch.sh examples/scripts/train_qwen2.5_32b_multinode_baseline.sh
 #   sbatch --nodes=1 examples/scripts/slurm_launch.sh examples/scripts/train_qwen2.5_math_7b_1node_darts.sh
+#   sbatch --nodes=1 examples/scripts/slurm_launch.sh examples/scripts/train_qwen2.5_math_7b_1node_tail_batching.sh
 #
 # Steps: the first node of the allocation starts the Ray head, every other node joins it (one srun each), the
 # script waits until all nodes have registered, then submits the training script as a Ray job from the head. The job
