@@ -23,9 +23,10 @@ _FLAGS: list[tuple[str, type, object, str, str]] = [
     (
         "max_deferrals",
         int,
-        1,
+        None,
         "-",
-        "with defer: a prompt aborted this many times is pinned at its next launch (trained whatever its finish order)",
+        "with defer: a prompt aborted this many times is pinned at its next launch (trained whatever its finish "
+        "order); none: no cap, a deferred prompt races again every step and is trained by the end of its epoch",
     ),
 ]
 _CHOICES: list[tuple[str, tuple[str, ...], str, str, str]] = [
@@ -60,7 +61,10 @@ def add_tail_batching_arguments(parser: argparse.ArgumentParser) -> argparse._Ar
         )
     for name, kind, default, symbol, help_text in _FLAGS:
         group.add_argument(
-            f"--tail_batching.{name}", type=kind, default=default, help=f"[{symbol}] {help_text} (default: {default})"
+            f"--tail_batching.{name}",
+            type=kind,
+            default=default,
+            help=f"[{symbol}] {help_text} (default: {_shown(default)})",
         )
     return group
 
@@ -69,8 +73,12 @@ def flag_table() -> list[tuple[str, str, str, str]]:
     """(flag, default, symbol, help) for every tail-batching flag, in registration order; docs/flags.md lists them."""
     rows = [(f"--tail_batching.{n}", "False", "-", h) for n, h in _SWITCHES]
     rows += [(f"--tail_batching.{n}", d, s, h) for n, _, d, s, h in _CHOICES]
-    rows += [(f"--tail_batching.{n}", str(d), s, h) for n, _, d, s, h in _FLAGS]
+    rows += [(f"--tail_batching.{n}", _shown(d), s, h) for n, _, d, s, h in _FLAGS]
     return rows
+
+
+def _shown(default: object) -> str:
+    return "none" if default is None else str(default)
 
 
 def _defaults() -> dict[str, object]:
@@ -87,7 +95,7 @@ class TailBatchingConfig:
     enable: bool
     launch_ratio: float  # r: prompts launched per step = ceil(r * B)
     aborted_prompts: str  # defer | drop
-    max_deferrals: int  # defer: aborts after which a prompt is pinned at its next launch
+    max_deferrals: int | None  # defer: aborts after which a prompt is pinned at its next launch; None: no cap
 
     def __post_init__(self) -> None:
         _check(
@@ -102,12 +110,13 @@ class TailBatchingConfig:
         )
         count = self.max_deferrals
         _check(
-            not isinstance(count, bool) and isinstance(count, int) and count >= 1,
-            f"--tail_batching.max_deferrals={count!r} must be an integer >= 1; a prompt must be deferrable at least "
-            "once, and is pinned (trained whatever its finish order) after this many aborts",
+            count is None or (not isinstance(count, bool) and isinstance(count, int) and count >= 1),
+            f"--tail_batching.max_deferrals={count!r} must be an integer >= 1 (or left unset: no cap); a prompt "
+            "must be deferrable at least once, and is pinned (trained whatever its finish order) after this many "
+            "aborts",
         )
         _check(
-            not (self.aborted_prompts == "drop" and count != 1),
+            not (self.aborted_prompts == "drop" and count is not None),
             f"--tail_batching.max_deferrals={count} has no effect with --tail_batching.aborted_prompts drop (dropped "
             "prompts are never deferred); drop --tail_batching.max_deferrals or use --tail_batching.aborted_prompts "
             "defer",

@@ -7,8 +7,9 @@ only, so the rule is testable without an engine:
 - ``launch_count(r, B)``: how many prompts a step launches;
 - ``DeferredPrompt`` / ``DeferredQueue``: the aborted prompts waiting for a later step, FIFO, with a state-dict round
   trip (it rides in the trainer checkpoint);
-- ``pinned_flags``: which launched prompts are pinned (a prompt aborted ``max_deferrals`` times must be trained at its
-  next launch, so no prompt is deferred for ever);
+- ``pinned_flags``: which launched prompts are pinned (with a cap, a prompt aborted ``max_deferrals`` times must be
+  trained at its next launch; without one, a deferred prompt races again every step and is trained at the latest in
+  its epoch's last steps, when nothing is aborted any more);
 - ``TailRace``: one step's race, which decides, as groups complete, which are trained and which must be aborted now.
 
 How the race decides. ``target`` groups are trained (B, or fewer on the last steps of an epoch). A pinned group is
@@ -101,8 +102,8 @@ class DeferredQueue:
 def pinned_flags(deferrals: Sequence[int], target: int, max_deferrals: int | None) -> list[bool]:
     """Which launched prompts are pinned: those deferred ``max_deferrals`` times or more, the first ``target`` of them.
 
-    ``max_deferrals=None`` pins nothing (prompts that are dropped when aborted are never deferred). Prompts beyond the
-    first ``target`` eligible ones race unpinned this step (only with r > 2 can more than B wait at once).
+    ``max_deferrals=None`` pins nothing (no cap, or prompts that are dropped when aborted). Prompts beyond the first
+    ``target`` eligible ones race unpinned this step (only with r > 2 can more than B wait at once).
     """
     target = check_int("target", target, minimum=0)
     flags = []

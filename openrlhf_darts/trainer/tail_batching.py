@@ -5,8 +5,9 @@ rollouts); evaluation keeps upstream's `generate_eval_samples`, `_generate_vllm`
 step (`--tail_batching.*`, docs/design.md "Tail batching"):
 
 1. **Launch.** The deferred queue first (prompts aborted by earlier steps, oldest first), then fresh prompts from
-   upstream's dataloader, ceil(r * B) in all. A prompt deferred `--tail_batching.max_deferrals` times is pinned:
-   trained whatever its finish order (`core.tail_batching.pinned_flags`). Every prompt goes to the least-loaded
+   upstream's dataloader, ceil(r * B) in all. With `--tail_batching.max_deferrals K`, a prompt deferred K times is
+   pinned: trained whatever its finish order (`core.tail_batching.pinned_flags`); without it (the default) a deferred
+   prompt races again every step. Every prompt goes to the least-loaded
    engine (upstream's rule, n requests each) as one `generate_tail_group` call.
 2. **Race** (`core.tail_batching.TailRace`). Groups are taken as they complete. With dynamic filtering, a group whose
    mean score is not strictly inside `--algo.dynamic_filtering_range` is dropped and replaced by one fresh prompt

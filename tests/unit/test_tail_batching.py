@@ -230,7 +230,9 @@ def _rejects(args, *fragments):
 
 def test_config_defaults():
     config = TailBatchingConfig.from_args(_args())
-    assert config.to_dict() == {"enable": True, "launch_ratio": 1.25, "aborted_prompts": "defer", "max_deferrals": 1}
+    assert config.to_dict() == {
+        "enable": True, "launch_ratio": 1.25, "aborted_prompts": "defer", "max_deferrals": None,
+    }  # fmt: skip
     off = TailBatchingConfig.from_args(_args({"enable": False}))
     assert not off.enable
 
@@ -278,7 +280,7 @@ def test_flags_register_on_a_parser_and_hierarchize_like_upstreams():
         "tail_batching.enable": True,
         "tail_batching.launch_ratio": 1.5,
         "tail_batching.aborted_prompts": "defer",
-        "tail_batching.max_deferrals": 1,
+        "tail_batching.max_deferrals": None,
     }
 
 
