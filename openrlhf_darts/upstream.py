@@ -533,3 +533,16 @@ def score_like_engine(executor, queries: list[str], prompts: list[str], labels: 
     import asyncio
 
     return asyncio.run(executor._fetch_rewards_via_func(list(queries), list(prompts), list(labels)))
+
+
+# --- tail batching, the comparison arm (openrlhf_darts/tail_batching.py, trainer/ and rollout/tail_*.py) -------------
+BEHAVIOUR_PINNED += (
+    # generate_tail_group runs what generate_responses runs (num_samples executor.execute calls, llm_engine=self), as
+    # tasks it can stop.
+    "openrlhf.trainer.ray.vllm_engine.RolloutRayActor.generate_responses",
+    # The tail-batching generator keeps _generate_vllm's dynamic-filtering rule: a group is dropped only when every
+    # sample has a score and their mean is not strictly inside the range, and each dropped group gets one replacement.
+    "openrlhf.trainer.ppo_utils.samples_generator.SamplesGenerator._generate_vllm",
+    # exhausted=True only when the iterator raised StopIteration while collecting (the epoch's end).
+    "openrlhf.trainer.ppo_utils.samples_generator._collect_prompt_batch",
+)

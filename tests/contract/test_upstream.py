@@ -38,6 +38,10 @@ RECORDED_SOURCE_HASHES = {
     "openrlhf.cli.train_ppo_ray.train": "b0047c66d0497de6",
     "openrlhf.utils.agent.SingleTurnAgentExecutor.__init__": "7053d9b0bb0384e9",
     "openrlhf.utils.agent.SingleTurnAgentExecutor._fetch_rewards_via_func": "d95c3341afe015a5",
+    # tail batching
+    "openrlhf.trainer.ray.vllm_engine.RolloutRayActor.generate_responses": "cd8cc667de7c7c74",
+    "openrlhf.trainer.ppo_utils.samples_generator.SamplesGenerator._generate_vllm": "e31c2c4b19657950",
+    "openrlhf.trainer.ppo_utils.samples_generator._collect_prompt_batch": "d86482264c1559b7",
 }
 
 # Keys of one response dict from SingleTurnAgentExecutor.execute (openrlhf/utils/agent.py, 0.11.2), which
