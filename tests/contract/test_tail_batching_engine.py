@@ -53,8 +53,9 @@ def _wait_until_running(ray_cluster, engine, count, timeout_s=60.0):
 def _wait_until_decoding(ray_cluster, engine, group_id, timeout_s=60.0):
     def _tokens_so_far(actor, group_id: int) -> int:
         # Runs inside the engine actor (__ray_call__; defined here so it ships by value): the group's decoded tokens
-        # as its stream reported them.
-        return sum(actor._tail_groups._runs[group_id].progress)
+        # as its stream reported them, 0 until the actor has started the group.
+        run = actor._tail_groups._runs.get(group_id) if actor._tail_groups is not None else None
+        return 0 if run is None else sum(run.progress)
 
     deadline = time.monotonic() + timeout_s
     while ray_cluster.get(engine.__ray_call__.remote(_tokens_so_far, group_id)) == 0:
