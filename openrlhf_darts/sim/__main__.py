@@ -26,8 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from openrlhf_darts.sim import latency as latency_tables
 from openrlhf_darts.core.tail_batching import launch_count
+from openrlhf_darts.sim import latency as latency_tables
 from openrlhf_darts.sim.replay import VARIANTS, simulate
 from openrlhf_darts.sim.tail_batching import DEFAULT_WARMUP, simulate_tail_batching
 from openrlhf_darts.sim.traces import FAMILIES, resolve_trace
