@@ -191,16 +191,18 @@ def install_driver_patches(trainer_cls, actor_cls) -> None:
 
 @contextlib.contextmanager
 def darts_flags_in_upstream_cli(on_parsed):
-    """While upstream's `train_ppo_ray` runs as `__main__`: add `--darts.*` to its parser and validate after parsing.
+    """While upstream's `train_ppo_ray` runs as `__main__`: add `--darts.*` and `--tail_batching.*` to its parser and
+    validate after parsing.
 
     Upstream builds its parser under `if __name__ == "__main__":`, so nothing can import it. Two scoped hooks:
-    `ArgumentParser.parse_args` gains the DARTS group on its first call (so `--help` lists it), and
+    `ArgumentParser.parse_args` gains the DARTS and tail-batching groups on its first call (so `--help` lists them), and
     `openrlhf.utils.config.hierarchize`, which the script imports at call time, hands the nested namespace to
     `on_parsed` before any upstream validation or Ray actor runs.
     """
     from openrlhf.utils import config as upstream_config
 
     from openrlhf_darts.config import add_darts_arguments
+    from openrlhf_darts.tail_batching import add_tail_batching_arguments
 
     original_parse_args = argparse.ArgumentParser.parse_args
     original_hierarchize = upstream_config.hierarchize
@@ -209,6 +211,7 @@ def darts_flags_in_upstream_cli(on_parsed):
     def parse_args(self, *a, **kw):
         if not added:
             add_darts_arguments(self)
+            add_tail_batching_arguments(self)
             added.append(self)
         return original_parse_args(self, *a, **kw)
 
@@ -654,4 +657,16 @@ BEHAVIOUR_PINNED += (
     # trainer/samples_generator.py _generate_streaming: upstream's collection loop and dynamic-filtering rule, with
     # each accepted group handed to the streaming experience maker.
     "openrlhf.trainer.ppo_utils.samples_generator.SamplesGenerator._generate_vllm",
+)
+
+# --- tail batching, the comparison arm (openrlhf_darts/tail_batching.py, trainer/ and rollout/tail_*.py) -------------
+BEHAVIOUR_PINNED += (
+    # generate_tail_group runs what generate_responses runs (num_samples executor.execute calls, llm_engine=self), as
+    # tasks it can stop.
+    "openrlhf.trainer.ray.vllm_engine.RolloutRayActor.generate_responses",
+    # The tail-batching generator keeps _generate_vllm's dynamic-filtering rule: a group is dropped only when every
+    # sample has a score and their mean is not strictly inside the range, and each dropped group gets one replacement.
+    # (SamplesGenerator._generate_vllm is pinned above, for the streaming collector; tail batching relies on it too.)
+    # exhausted=True only when the iterator raised StopIteration while collecting (the epoch's end).
+    "openrlhf.trainer.ppo_utils.samples_generator._collect_prompt_batch",
 )

@@ -1,5 +1,6 @@
 # Qwen2.5-Math-7B, GRPO with the DAPO tricks, DAPO-Math-17k-style data, one node of 8 GPUs.
-# Sourced by train_qwen2.5_math_7b_1node_{baseline,darts}.sh: BASE_ARGS is everything except the --darts.* lines.
+# Sourced by train_qwen2.5_math_7b_1node_{baseline,darts,tail_batching}.sh: BASE_ARGS is everything except the
+# --darts.* / --tail_batching.* lines.
 #
 # Settings follow the DARTS reference scripts (DARTS_SPEC.md §6): 256 prompts x 8 samples per step, PPO mini-batch of
 # 32 prompts, lr 1e-6, clip 0.2/0.28 (clip-higher), token-mean loss, no KL, prompts <= 2048 and responses <= 8192

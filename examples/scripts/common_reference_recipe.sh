@@ -49,3 +49,15 @@ PAPER_DARTS_ARGS=(
     --darts.tail_prune paper
     --darts.stream
 )
+
+# The tail-batching comparison arm (RollPacker-style, DARTS_SPEC.md §1, §5), which the *_tail_batching.sh scripts add
+# instead of the DARTS lines: launch ceil(1.25 x 256) = 320 prompts per step, train the first 256 groups to complete,
+# abort the other 64 and put them back in front of the next step's fresh prompts (no deferral cap: a prompt that keeps
+# losing the race is trained by the end of its epoch). DARTS stays off (the two are separate arms against the same
+# baseline).
+# shellcheck disable=SC2034
+TAIL_BATCHING_ARGS=(
+    --tail_batching.enable
+    --tail_batching.launch_ratio 1.25
+    --tail_batching.aborted_prompts defer
+)

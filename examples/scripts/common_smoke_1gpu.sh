@@ -1,5 +1,6 @@
 # Smoke test on one GPU: a 0.5B instruct model, a few short steps, everything colocated on the one GPU.
-# Sourced by train_smoke_1gpu_{baseline,darts}.sh: BASE_ARGS is everything except the --darts.* lines.
+# Sourced by train_smoke_1gpu_{baseline,darts,tail_batching}.sh: BASE_ARGS is everything except the --darts.* /
+# --tail_batching.* lines.
 # Checks that a cluster image runs both entry points end to end; the numbers mean nothing.
 # With --train.colocate_all the forwards share the GPU with vLLM, so DARTS runs without --darts.stream here.
 # shellcheck shell=bash

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Run one training script (baseline or DARTS) on a Ray cluster built inside a Slurm allocation.
+# Run one training script (baseline, DARTS or tail batching) on a Ray cluster built inside a Slurm allocation.
 #
 #   sbatch --nodes=4 examples/scripts/slurm_launch.sh examples/scripts/train_qwen2.5_32b_multinode_darts.sh
 #   sbatch --nodes=4 examples/scripts/slurm_launch.sh examples/scripts/train_qwen2.5_32b_multinode_baseline.sh
 #   sbatch --nodes=1 examples/scripts/slurm_launch.sh examples/scripts/train_qwen2.5_math_7b_1node_darts.sh
 #   CPU_MODE=1 sbatch --nodes=1 --gpus-per-node=0 examples/scripts/slurm_launch.sh examples/scripts/train_smoke_cpu_darts.sh
+#   sbatch --nodes=1 examples/scripts/slurm_launch.sh examples/scripts/train_qwen2.5_math_7b_1node_tail_batching.sh
 #
 # Steps: the first node of the allocation starts the Ray head; once its dashboard answers, every other node joins it
 # (one srun each); the script waits until EXPECTED_NODES Ray nodes are alive, then submits the training script as a

@@ -1,18 +1,26 @@
-"""Rollout comparison: OpenRLHF's baseline against DARTS shortest-only and DARTS dual-end, on one real vLLM engine.
+"""Rollout comparison: OpenRLHF's baseline against DARTS shortest-only, DARTS dual-end and tail batching, on one real
+vLLM engine.
 
     python -m openrlhf_darts.bench.rollout [--model tiny|smollm2|PATH] [--n 8] [--num-prompts 16] [--max-tokens 128]
                                            [--task builtin|gsm_symbolic|...] [--prompts FILE.jsonl]
-                                           [--out runs/bench_rollout] [--seed 0]
+                                           [--variants baseline shortest_only dual_end tail_batching]
+                                           [--tail-launch-ratio 1.25] [--out runs/bench_rollout] [--seed 0]
 
 One process, one local Ray cluster, ONE engine built by OpenRLHF's ``create_vllm_engines`` with
-``DartsRolloutRayActor`` (prefix caching on). The same prompts and sampling parameters go through three variants, back
+``DartsRolloutRayActor`` (prefix caching on). The same prompts and sampling parameters go through the variants, back
 to back, each dispatched the way the samples generators do it (one Ray call per prompt, all prompts at once):
 
 - ``baseline``: upstream's path, ``generate_responses(num_samples=n)``; every candidate is kept;
 - ``shortest_only``: ``generate_group`` with ceil(1.5 n) candidates, ``GroupPlan(num_long=0)``: the n shortest valid
   candidates are kept and the rest are aborted as soon as they cannot be among them (DARTS_SPEC.md §3(c));
 - ``dual_end``: ceil(1.25 n) candidates, ``num_long=1``: every candidate runs to the end, n-1 shortest + 1 longest
-  kept.
+  kept;
+- ``tail_batching`` (the comparison arm, ``--tail_batching.*``): ceil(r B) prompts of n samples each
+  (``generate_tail_group``, r = ``--tail-launch-ratio``), the B = ``--num-prompts`` groups that complete first are
+  kept, the rest are aborted on the engine (``abort_tail_groups``) the moment the B-th completes. Its first B prompts
+  are the other variants' prompts, the extra ones come from the same task (or the next lines of ``--prompts``). One
+  step only: the deferred prompts a training run would bring back next step are not measured here (the simulator's
+  ``tail_batching`` arm runs steps in sequence).
 
 Prompts: ``--task`` (``bench.tasks``): the built-in arithmetic word problems (default) or a reasoning-gym dataset such
 as ``gsm_symbolic``, rendered through the model's chat template, with that task's reward computed in the engine (the
@@ -27,7 +35,8 @@ batch is admitted at once (checked: ``all_admitted`` compares the requests and t
 the batch is done.
 **Oracle decode steps**: the earliest the batch could be done given the recorded candidate lengths: per prompt, the max
 length for ``baseline`` and ``dual_end``, and the n-th shortest valid length for ``shortest_only`` (the max when fewer
-than n are valid); the batch's oracle is the largest over its prompts. Measured minus oracle is the abort latency.
+than n are valid); the batch's oracle is the largest over its prompts; for ``tail_batching`` the largest over its B
+kept groups (the B-th completion). Measured minus oracle is the abort latency.
 
 **Tiny model.** Its weights are random and it rarely emits EOS, so by default 16 ordinary tokens are added as extra
 stop tokens (``--extra-stop-tokens``; ``stop_token_ids`` in every request of every variant) to get a realistic spread
@@ -54,9 +63,12 @@ from typing import Any
 from openrlhf_darts.backends.cpu import settings
 from openrlhf_darts.bench.gym_tasks import REASONING_GYM_VERSION, SYSTEM_PROMPT_NAME
 from openrlhf_darts.bench.tasks import BUILTIN, TASK_FLAG_HELP, check_task, reward_file
+from openrlhf_darts.core.tail_batching import launch_count
 from openrlhf_darts.core.types import GroupOutcome, GroupPlan
 
 VARIANTS = ("baseline", "shortest_only", "dual_end")
+TAIL_BATCHING = "tail_batching"  # the comparison arm: more prompts launched, the first B groups kept
+ALL_VARIANTS = (*VARIANTS, TAIL_BATCHING)
 TINY_EXTRA_STOP_TOKENS = 16
 CPU_BLOCK_SIZE = 128  # vLLM's CPU backend default KV block size (vllm/platforms/cpu.py)
 MIN_KV_CACHE_BYTES = 256 * 2**20
@@ -78,6 +90,8 @@ def variant_plans(n: int) -> dict[str, GroupPlan | None]:
 
 
 def candidates_per_prompt(name: str, n: int) -> int:
+    if name == TAIL_BATCHING:
+        return n
     plan = variant_plans(n)[name]
     return n if plan is None else plan.num_candidates
 
@@ -294,6 +308,75 @@ def run_variant(
     return {"wall_s": wall_s, "groups": groups}
 
 
+def run_tail_variant(
+    engine,
+    prompts: Sequence[str],
+    labels: Sequence[str],
+    batch: int,
+    sampling_params,
+    tokenizer,
+    n: int,
+    max_length: int,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Tail batching for one step: launch every prompt (one ``generate_tail_group`` each), keep the first ``batch``
+    groups to complete, abort the rest on the engine; returns per-prompt groups (aborted ones keep nothing), the kept
+    prompts in completion order and the wall time until the abort returned."""
+    import ray
+    from tqdm import tqdm
+
+    ray.get(engine.reset_prefix_cache.remote())
+    start = time.perf_counter()
+    refs = [
+        engine.generate_tail_group.remote(
+            group_id=i, prompt=prompt, label=label, sampling_params=sampling_params, max_length=max_length,
+            hf_tokenizer=tokenizer, num_samples=n,
+        )
+        for i, (prompt, label) in enumerate(zip(prompts, labels, strict=True))
+    ]  # fmt: skip
+    position = {ref: i for i, ref in enumerate(refs)}
+    records: list[dict | None] = [None] * len(refs)
+    kept, pending = [], list(refs)
+    with tqdm(total=batch, desc=f"{TAIL_BATCHING:>13}", unit="prompt", disable=not progress, file=sys.stderr) as bar:
+        while len(kept) < batch:
+            ready, pending = ray.wait(pending, num_returns=1)
+            kept.append(position[ready[0]])
+            records[kept[-1]] = ray.get(ready[0])
+            bar.update(1)
+    ray.get(engine.abort_tail_groups.remote([position[ref] for ref in pending]))
+    wall_s = time.perf_counter() - start
+    for ref in pending:
+        records[position[ref]] = ray.get(ref)
+    if ray.get(engine.get_num_unfinished_requests.remote()) != 0:
+        raise RuntimeError("variant tail_batching left unfinished requests in the engine")
+    groups = []
+    for i, record in enumerate(records):
+        if i in kept:
+            responses = record["responses"]
+            if [_response_length(r) for r in responses] != record["lengths"]:
+                raise RuntimeError(f"tail_batching, prompt {i}: responses disagree with the engine's token counts")
+            groups.append(
+                {
+                    "lengths": list(record["lengths"]),
+                    "truncated": list(record["truncated"]),
+                    "aborted": [False] * n,
+                    "kept": list(range(n)),
+                    "rewards": [_reward(r) for r in responses],
+                }
+            )
+        else:  # aborted, or completed while its abort was on the way: not kept either way
+            groups.append(
+                {
+                    "lengths": list(record["lengths"]),
+                    "truncated": list(record["truncated"]),
+                    "aborted": list(record["cut"]),
+                    "kept": [],
+                    "rewards": [],
+                }
+            )
+    return {"wall_s": wall_s, "groups": groups, "kept_prompts": kept}
+
+
 def _reward(response: dict) -> float | None:
     reward = response.get("reward")
     if reward is None:
@@ -328,16 +411,20 @@ def prompt_oracle(group: dict, n: int, shortest_only: bool) -> int:
     return valid[n - 1] if len(valid) >= n else max(group["lengths"])
 
 
-def summarize(run: dict[str, Any], n: int, shortest_only: bool) -> dict[str, Any]:
-    """The per-variant figures of the table from one ``run_variant`` result."""
+def summarize(run: dict[str, Any], n: int, shortest_only: bool, batch: int | None = None) -> dict[str, Any]:
+    """The per-variant figures of the table from one ``run_variant`` result (``run_tail_variant``: pass ``batch``,
+    the number of prompts it keeps; per-prompt figures then cover the kept groups)."""
     groups = run["groups"]
     all_lengths = [length for g in groups for length in g["lengths"]]
     kept_lengths = [g["lengths"][j] for g in groups for j in g["kept"]]
     for i, g in enumerate(groups):
-        if len(g["kept"]) != n:
+        if len(g["kept"]) not in ((n,) if batch is None else (0, n)):
             raise RuntimeError(f"prompt {i} kept {len(g['kept'])} candidates; expected exactly n={n}")
+    trained = [g for g in groups if g["kept"]]
+    if len(trained) != (len(groups) if batch is None else batch):
+        raise RuntimeError(f"{len(trained)} of {len(groups)} prompts kept their group; expected {batch}")
     generated, kept = sum(all_lengths), sum(kept_lengths)
-    oracles = [prompt_oracle(g, n, shortest_only) for g in groups]
+    oracles = [prompt_oracle(g, n, shortest_only) for g in trained]
     rewards = [r for g in groups for r in g["rewards"] if r is not None]
 
     def ratio(lengths: Sequence[int]) -> float:
@@ -355,13 +442,15 @@ def summarize(run: dict[str, Any], n: int, shortest_only: bool) -> dict[str, Any
         "tokens_per_s": generated / run["wall_s"] if run["wall_s"] > 0 else float("nan"),
         "kept_length": length_summary(kept_lengths),
         "all_length": length_summary(all_lengths),
-        "max_median_ratio_all": statistics.fmean(ratio(g["lengths"]) for g in groups),
-        "max_median_ratio_kept": statistics.fmean(ratio([g["lengths"][j] for j in g["kept"]]) for g in groups),
+        "max_median_ratio_all": statistics.fmean(ratio(g["lengths"]) for g in trained),
+        "max_median_ratio_kept": statistics.fmean(ratio([g["lengths"][j] for j in g["kept"]]) for g in trained),
         "aborted": sum(sum(g["aborted"]) for g in groups),
         # Groups with fewer than n untruncated finishes: the fill branch of §3(b) ran, and no early stop was possible.
         "underfilled_groups": sum(
-            sum(not (cut or ab) for cut, ab in zip(g["truncated"], g["aborted"])) < n for g in groups
+            sum(not (cut or ab) for cut, ab in zip(g["truncated"], g["aborted"])) < n for g in trained
         ),
+        "prompts_launched": len(groups),
+        "prompts_kept": len(trained),
         "truncated": sum(sum(g["truncated"]) for g in groups),
         "kept_reward_mean": statistics.fmean(rewards) if rewards else None,
         "prompt_oracle_steps": oracles,
@@ -381,16 +470,28 @@ def run_benchmark(
     temperature: float = 1.0,
     progress: bool = True,
     variants: Sequence[str] = VARIANTS,
+    extra_prompts: Sequence[str] = (),
+    extra_labels: Sequence[str] = (),
+    launch_ratio: float = 1.25,
 ) -> dict[str, Any]:
-    """Warm up, then run each variant on the same prompts; returns the report (``meta`` filled in by the caller)."""
+    """Warm up, then run each variant on the same prompts; returns the report (``meta`` filled in by the caller).
+
+    ``tail_batching`` launches ceil(``launch_ratio`` B) prompts: ``prompts`` (B of them), then ``extra_prompts``.
+    """
     import ray
 
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise ValueError(f"--max-tokens={max_tokens!r} is not a positive int")
-    unknown = [v for v in variants if v not in VARIANTS]
+    unknown = [v for v in variants if v not in ALL_VARIANTS]
     if unknown:
-        raise ValueError(f"variants {unknown} are unknown; choose from {list(VARIANTS)}")
+        raise ValueError(f"variants {unknown} are unknown; choose from {list(ALL_VARIANTS)}")
     plans = variant_plans(n)
+    launched = launch_count(launch_ratio, len(prompts))
+    if TAIL_BATCHING in variants and len(prompts) + len(extra_prompts) < launched:
+        raise ValueError(
+            f"tail_batching launches ceil({launch_ratio} x {len(prompts)}) = {launched} prompts but only "
+            f"{len(prompts) + len(extra_prompts)} were given; pass {launched - len(prompts)} extra prompts"
+        )
     sampling_params = rollout_sampling_params(max_tokens, temperature, stop_token_ids)
     warmup = rollout_sampling_params(8, temperature)
     ray.get(engine.generate_responses.remote("warm up", "", warmup, max_length, tokenizer, num_samples=2))
@@ -399,6 +500,12 @@ def run_benchmark(
     prompt_lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     report: dict[str, Any] = {"meta": {}, "engine": limits, "variants": {}}
     for name in variants:
+        if name == TAIL_BATCHING:
+            report["variants"][name] = _tail_report(
+                engine, [*prompts, *extra_prompts][:launched], [*labels, *extra_labels][:launched], len(prompts),
+                sampling_params, tokenizer, n, max_tokens, max_length, progress, limits, launch_ratio,
+            )  # fmt: skip
+            continue
         candidates = candidates_per_prompt(name, n)
         run = run_variant(
             engine, name, plans[name], prompts, labels, sampling_params, tokenizer, n, max_length, progress
@@ -430,6 +537,24 @@ def run_benchmark(
     return report
 
 
+def _tail_report(
+    engine, prompts, labels, batch, sampling_params, tokenizer, n, max_tokens, max_length, progress, limits, ratio
+) -> dict[str, Any]:
+    run = run_tail_variant(engine, prompts, labels, batch, sampling_params, tokenizer, n, max_length, progress)
+    stats = summarize(run, n, shortest_only=False, batch=batch)
+    prompt_lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    blocks = blocks_needed(prompt_lengths, n, max_tokens, limits["block_size"])
+    stats["all_admitted"] = n * len(prompts) <= limits["max_num_seqs"] and blocks <= limits["num_kv_blocks"]
+    stats["kv_blocks_needed_upper_bound"] = blocks
+    return {
+        "plan": {"num_candidates": n, "num_keep": n, "num_long": 0, "launch_ratio": ratio},
+        "path": "generate_tail_group",
+        "stats": stats,
+        "groups": run["groups"],
+        "kept_prompts": run["kept_prompts"],
+    }
+
+
 def format_table(report: dict[str, Any]) -> str:
     """The comparison table, metrics as rows and variants as columns."""
     names = list(report["variants"])
@@ -452,6 +577,9 @@ def format_table(report: dict[str, Any]) -> str:
         row("candidates / kept per prompt", [f"{plans[m]['num_candidates']}/{plans[m]['num_keep']}" for m in names])
     )
     lines.append(row("num_long (L)", [str(plans[m]["num_long"]) for m in names]))
+    lines.append(
+        row("prompts launched / kept", [f"{stats[m]['prompts_launched']}/{stats[m]['prompts_kept']}" for m in names])
+    )
     lines.append(row("wall time (s)", [f"{stats[m]['wall_s']:.2f}" for m in names]))
     lines.append(row("decode steps (longest request)", [str(stats[m]["decode_steps"]) for m in names]))
     if ratios:
@@ -528,6 +656,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-tokens", type=int, default=128, help="response length cap")
     parser.add_argument("--out", default="runs/bench_rollout", help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="problem generator and engine seed")
+    parser.add_argument(
+        "--variants", nargs="+", default=list(ALL_VARIANTS), choices=ALL_VARIANTS, help="variants to run, in order"
+    )
+    parser.add_argument(
+        "--tail-launch-ratio", type=float, default=1.25, help="tail_batching: launch ceil(r x --num-prompts) prompts"
+    )
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument(
         "--extra-stop-tokens",
@@ -540,6 +674,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     variant_plans(args.n)
+    if TAIL_BATCHING in args.variants:
+        launch_count(args.tail_launch_ratio, max(1, args.num_prompts))  # r >= 1
     for flag, value in (("--num-prompts", args.num_prompts), ("--max-tokens", args.max_tokens)):
         if value < 1:
             raise ValueError(f"{flag}={value} is not positive; pass at least 1")
@@ -555,22 +691,38 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def prepare(args: argparse.Namespace):
-    """Model folder, tokenizer, prompts/labels, stop tokens and engine sizes for a CLI run (no engine yet)."""
+    """Model folder, tokenizer, prompts/labels, stop tokens and engine sizes for a CLI run (no engine yet).
+
+    The prompts are every prompt the run launches: ``--num-prompts`` shared by all variants, then, with
+    ``tail_batching``, the extra ones it launches (the next ones of the same task or file).
+    """
     from transformers import AutoTokenizer
 
     from openrlhf_darts.models import resolve_model
 
     model_path = resolve_model(args.model)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
+    batch = args.num_prompts
+    launched = launch_count(args.tail_launch_ratio, batch) if TAIL_BATCHING in args.variants else batch
     if args.prompts:
         prompts, labels = load_prompts(args.prompts)
-        prompts, labels = prompts[: args.num_prompts], labels[: args.num_prompts]
+        if len(prompts) < launched:
+            raise ValueError(
+                f"--prompts {args.prompts} holds {len(prompts)} prompts; tail_batching launches {launched} "
+                f"(ceil({args.tail_launch_ratio} x {batch})): add prompts, or leave tail_batching out of --variants"
+            )
+        prompts, labels = prompts[:launched], labels[:launched]
         source = f"file {args.prompts} (verbatim)"
     elif args.task == BUILTIN:
-        prompts, labels = builtin_prompts(tokenizer, args.num_prompts, args.seed)
+        prompts, labels = builtin_prompts(tokenizer, launched, args.seed)  # the first B do not depend on the count
         source = "built-in arithmetic word problems (openrlhf_darts.bench.tasks), chat template applied"
     else:
-        prompts, labels = task_prompts(tokenizer, args.task, args.num_prompts, args.seed)
+        prompts, labels = task_prompts(tokenizer, args.task, batch, args.seed)
+        if launched > batch:
+            # A reasoning-gym dataset's entries depend on its size: the shared B come from a dataset of size B (as
+            # without the tail arm), the extra ones from one of the launched size.
+            more, more_labels = task_prompts(tokenizer, args.task, launched, args.seed)
+            prompts, labels = prompts + more[batch:], labels + more_labels[batch:]
         source = (
             f"reasoning-gym {args.task} (reasoning-gym=={REASONING_GYM_VERSION}, seed {args.seed}, default config, "
             f"system prompt {SYSTEM_PROMPT_NAME!r}), chat template applied"
@@ -588,21 +740,23 @@ def prepare(args: argparse.Namespace):
             f"{config['max_position_embeddings']} positions; lower --max-tokens"
         )
     most = max(candidates_per_prompt(v, args.n) for v in VARIANTS)
-    kv_bytes = (
-        kv_bytes_per_token(model_path)
-        * CPU_BLOCK_SIZE
-        * blocks_needed(prompt_lengths, most, args.max_tokens, CPU_BLOCK_SIZE)
-    )
+    blocks = blocks_needed(prompt_lengths[:batch], most, args.max_tokens, CPU_BLOCK_SIZE)
+    if launched > batch:  # tail batching runs n per launched prompt
+        blocks = max(blocks, blocks_needed(prompt_lengths, args.n, args.max_tokens, CPU_BLOCK_SIZE))
+    kv_bytes = kv_bytes_per_token(model_path) * CPU_BLOCK_SIZE * blocks
     env = {
         settings.KV_CACHE_BYTES_ENV: str(max(MIN_KV_CACHE_BYTES, int(1.1 * kv_bytes))),
-        settings.MAX_NUM_SEQS_ENV: str(max(128, most * len(prompts))),
+        settings.MAX_NUM_SEQS_ENV: str(max(128, most * batch, args.n * launched)),
     }
     meta = {
         "model": args.model,
         "model_path": model_path,
         "task": "file" if args.prompts else args.task,
         "n": args.n,
-        "num_prompts": len(prompts),
+        "num_prompts": batch,
+        "variants": list(args.variants),
+        "tail_launch_ratio": args.tail_launch_ratio if launched > batch else None,
+        "tail_prompts_launched": launched if TAIL_BATCHING in args.variants else None,
         "max_tokens": args.max_tokens,
         "temperature": args.temperature,
         "seed": args.seed,
@@ -618,7 +772,7 @@ def prepare(args: argparse.Namespace):
         "decode_steps_definition": "largest number of tokens any request of the batch decoded (aborted: partial); "
         "equals engine decode steps when all requests are admitted at once (all_admitted)",
         "oracle_definition": "max over prompts of: max candidate length (baseline, dual_end) or the n-th shortest "
-        "valid length (shortest_only)",
+        "valid length (shortest_only); tail_batching: max over its kept groups of their max length",
         "engine_env": env,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": "cpu",
@@ -641,6 +795,8 @@ def run_from_args(args: argparse.Namespace, repeats: int = 1, before=None) -> li
     model_path, tokenizer, prompts, labels, stop_ids, max_model_len, env, meta = prepare(args)
     import ray
 
+    batch = args.num_prompts
+    prompts, labels, extra_prompts, extra_labels = prompts[:batch], labels[:batch], prompts[batch:], labels[batch:]
     if args.prompts:
         reward = REWARD_FILE if any(labels) else None
         meta["reward"] = "exact answer (openrlhf_darts.bench.tasks.reward_func)" if reward else "none"
@@ -662,7 +818,8 @@ def run_from_args(args: argparse.Namespace, repeats: int = 1, before=None) -> li
             reports.append(
                 run_benchmark(
                     engine, tokenizer, prompts, labels, args.n, args.max_tokens, max_model_len, stop_ids,
-                    args.temperature,
+                    args.temperature, variants=args.variants, extra_prompts=extra_prompts, extra_labels=extra_labels,
+                    launch_ratio=args.tail_launch_ratio,
                 )  # fmt: skip
             )
             reports[-1]["meta"] = dict(meta, load_average_1m_at_end=os.getloadavg()[0])

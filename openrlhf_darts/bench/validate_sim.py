@@ -203,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             [
                 "--model", args.model, "--n", str(args.n), "--num-prompts", str(args.num_prompts),
                 "--max-tokens", str(args.max_tokens), "--seed", str(args.seed),
-                "--out", str(Path(args.out) / "rollout"),
+                "--out", str(Path(args.out) / "rollout"), "--variants", *rollout.VARIANTS,
             ]  # fmt: skip
         )
         requests = math.ceil(1.5 * args.n) * args.num_prompts

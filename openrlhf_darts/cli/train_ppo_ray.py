@@ -1,20 +1,22 @@
-"""`python -m openrlhf_darts.cli.train_ppo_ray`: upstream's `openrlhf.cli.train_ppo_ray` plus the `--darts.*` flags.
+"""`python -m openrlhf_darts.cli.train_ppo_ray`: upstream's `openrlhf.cli.train_ppo_ray` plus `--darts.*` (and the
+`--tail_batching.*` comparison arm).
 
 Switching a run to DARTS means changing the module and adding `--darts.*` lines; every other flag is upstream's,
 parsed by upstream's own parser. How it works (spec OPENRLHF_SEAMS.md §10):
 
-1. `upstream.darts_flags_in_upstream_cli` adds the DARTS group to upstream's parser (so `--help` lists it) and hands
-   the hierarchized args to `_on_parsed` before upstream validates them or starts Ray.
-2. `_on_parsed` builds the validated `DartsConfig` (a bad value raises `ValueError` here, before any actor exists) and,
-   only with `--darts.enable`, rebinds the two Ray classes upstream's `train()` instantiates itself. Without it
-   nothing is rebound, so the run is exactly upstream's. (`--darts.stream_tokens` also needs chunk-forward model
-   actors; upstream's script binds those names on import, so `main` rebinds them before running it.)
+1. `upstream.darts_flags_in_upstream_cli` adds the DARTS and tail-batching groups to upstream's parser (so `--help`
+   lists them) and hands the hierarchized args to `_on_parsed` before upstream validates them or starts Ray.
+2. `_on_parsed` builds the validated `DartsConfig` and `TailBatchingConfig` (a bad value raises `ValueError` here,
+   before any actor exists) and, only with `--darts.enable` or `--tail_batching.enable` (the comparison arm, which
+   refuses DARTS), rebinds the two Ray classes upstream's `train()` instantiates itself. Without either nothing is
+   rebound, so the run is exactly upstream's. (`--darts.stream_tokens` also needs chunk-forward model actors;
+   upstream's script binds those names on import, so `main` rebinds them before running it.)
 3. `runpy` runs upstream's script as `__main__`; `args.darts` travels to the trainer and model actors inside
    `strategy.args`.
 
-`OPENRLHF_DARTS_PARSE_ONLY=1` stops after the validation of step 2, before any rebinding: the DARTS config and the
-parsed upstream args are printed as one JSON object and the process exits 0. The tests parse every example script's
-full command this way, without starting Ray.
+`OPENRLHF_DARTS_PARSE_ONLY=1` stops after the validation of step 2, before any rebinding: the DARTS and tail-batching
+configs and the parsed upstream args are printed as one JSON object and the process exits 0. The tests parse every
+example script's full command this way, without starting Ray.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import sys
 from types import SimpleNamespace
 
 from openrlhf_darts.config import DartsConfig
+from openrlhf_darts.tail_batching import TailBatchingConfig
 
 PARSE_ONLY_ENV = "OPENRLHF_DARTS_PARSE_ONLY"
 UPSTREAM_MODULE = "openrlhf.cli.train_ppo_ray"
@@ -46,24 +49,31 @@ def _wants_chunked_actors(argv: list[str]) -> bool:
 
 
 def _on_parsed(args: SimpleNamespace) -> None:
-    """Validate the DARTS flags against upstream's, then wire the DARTS classes in (only with --darts.enable)."""
+    """Validate the DARTS and tail-batching flags against upstream's, then wire our classes in (only with
+    --darts.enable or --tail_batching.enable)."""
     config = DartsConfig.from_args(args)
+    tail_batching = TailBatchingConfig.from_args(args)
     if config.enable and config.stream_tokens and not _wants_chunked_actors(sys.argv[1:]):
         raise ValueError(
             "--darts.stream_tokens: spell out --darts.enable and --darts.stream_tokens in full on the command line; "
             "the chunk-forward model actors the token path needs are installed before parsing, by those exact names"
         )
     if os.environ.get(PARSE_ONLY_ENV) == "1":
-        print(json.dumps({"darts": config.to_dict(), "args": _to_plain(args)}, default=str))
+        plain = {"darts": config.to_dict(), "tail_batching": tail_batching.to_dict(), "args": _to_plain(args)}
+        print(json.dumps(plain, default=str))
         raise SystemExit(0)
-    if not config.enable:
+    if not (config.enable or tail_batching.enable):
         return
     from openrlhf_darts import upstream
     from openrlhf_darts.rollout.rollout_actor import DartsRolloutRayActor
     from openrlhf_darts.trainer.ppo_trainer import DartsPPOTrainer
 
     upstream.install_driver_patches(DartsPPOTrainer, DartsRolloutRayActor)
-    print(f"[openrlhf_darts] DARTS enabled: {json.dumps(config.to_dict())}", flush=True)
+    if tail_batching.enable:
+        # The DARTS trainer and engine actor carry the tail-batching generator and the engine-side group abort.
+        print(f"[openrlhf_darts] tail batching enabled: {json.dumps(tail_batching.to_dict())}", flush=True)
+    else:
+        print(f"[openrlhf_darts] DARTS enabled: {json.dumps(config.to_dict())}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,7 +23,8 @@ cluster's CPU and GPU labels cover the same layout (ValueError naming the `ray s
 Driver-side prints (upstream prints its whole args namespace) go to `<run_dir>/driver.log`; a progress bar follows the
 steps, and the command line prints each step's record as `step record {json}` (a Ray job's log shows them).
 
-Flags: every upstream `train_ppo_ray` flag and every `--darts.*` flag, after the local ones below:
+Flags: every upstream `train_ppo_ray` flag, every `--darts.*` flag and every `--tail_batching.*` flag (the comparison
+arm: the trainer swaps in the tail-batching generator, the engine actor aborts whole groups), after the local ones below:
 `--run_dir DIR` (records, checkpoints, logs; required), `--sync_probe` (check every weight sync against the engine),
 `--verbose` (actor logs on the console).
 """
@@ -169,6 +170,7 @@ def run(
     from openrlhf_darts.config import DartsConfig
     from openrlhf_darts.local.trainer import STEP_LOG_ENV, SYNC_PROBE_ENV, LocalPPOTrainer
     from openrlhf_darts.rollout.rollout_actor import DartsRolloutRayActor
+    from openrlhf_darts.tail_batching import TailBatchingConfig
 
     if ray.is_initialized():
         raise ValueError(
@@ -189,6 +191,7 @@ def run(
 
     def on_parsed(args) -> None:
         DartsConfig.from_args(args)  # bad --darts.* values fail here, before Ray starts
+        TailBatchingConfig.from_args(args)  # and bad --tail_batching.* ones
         num_cpus, num_gpus = logical_resources(args)
         env = {**(env_vars or {}), STEP_LOG_ENV: str(step_log), SYNC_PROBE_ENV: "1" if sync_probe else "0"}
         env.setdefault("TOKENIZERS_PARALLELISM", "false")

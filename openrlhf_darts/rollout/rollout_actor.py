@@ -407,5 +407,31 @@ class DartsRolloutActor(RolloutRayActorBase):
         outcomes, self._outcomes = self._outcomes, []
         return outcomes
 
+    # ---- tail batching, the comparison arm (--tail_batching.*; rollout/tail_groups.py) -------------------------------
+    _tail_groups = None  # tail_groups.TailGroups, built by the first tail-group call (it wraps self.llm)
+
+    async def generate_tail_group(
+        self, group_id: int, prompt: str, label, sampling_params, max_length: int, hf_tokenizer, num_samples: int,
+        images=None,
+    ) -> dict:  # fmt: skip
+        """Upstream's `generate_responses` for one prompt, abortable as a whole by `abort_tail_groups(group_id)`.
+
+        Returns `{"group_id", "aborted", "responses", "lengths", "cut", "truncated"}`: the `num_samples` executor
+        dicts (None when aborted) and, per sample, the tokens it generated and whether it was cut short.
+        """
+        from openrlhf_darts.rollout.tail_groups import TailGroups
+
+        if self._tail_groups is None:
+            self._tail_groups = TailGroups(self)
+        return await self._tail_groups.generate(
+            group_id, prompt, label, sampling_params, max_length, hf_tokenizer, num_samples, images
+        )
+
+    async def abort_tail_groups(self, group_ids: list[int]) -> int:
+        """Abort these tail groups; returns once none of their requests is left in vLLM (how many were running)."""
+        if self._tail_groups is None:
+            return 0
+        return await self._tail_groups.abort(group_ids)
+
 
 DartsRolloutRayActor = ray.remote(DartsRolloutActor)

@@ -120,6 +120,9 @@ def load_recorded(path: str | os.PathLike) -> list[EmpiricalPrompt]:
         raise ValueError(
             f"{os.fspath(path)!r} has no 'variants'; expected a report.json of openrlhf_darts.bench.rollout"
         )
+    # Tail batching's groups are left out: its kept groups are the race's fastest (biased short) and its aborted ones
+    # are partial; they also cover more prompts than the other variants.
+    variants = {name: v for name, v in variants.items() if v.get("path") != "generate_tail_group"}
     num_prompts = {len(v["groups"]) for v in variants.values()}
     if len(num_prompts) != 1:
         raise ValueError(f"{os.fspath(path)!r}: variants have different prompt counts {sorted(num_prompts)}")

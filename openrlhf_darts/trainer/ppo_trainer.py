@@ -21,6 +21,9 @@ samples generator and the experience maker; ours then replaces two of them as at
 
 Both also hand the generator upstream's `global_step` (`completed_steps`), which decides the `--darts.warmup_steps`
 warm-up; a resumed run therefore continues its warm-up where the checkpoint left it.
+With `--tail_batching.enable` (DARTS off; the comparison arm) the same two overrides serve tail batching instead: the
+samples generator is `TailBatchingSamplesGenerator`, its `tail_batching/*` metrics are merged, and its deferred-prompt
+queue rides in `client_states` (the prompts it holds were already drawn from the dataloader whose state upstream saves).
 """
 
 from __future__ import annotations
@@ -31,11 +34,13 @@ import ray
 
 from openrlhf_darts import upstream
 from openrlhf_darts.config import DartsConfig
+from openrlhf_darts.tail_batching import TailBatchingConfig
 from openrlhf_darts.trainer.samples_generator import DartsSamplesGenerator
 
 logger = logging.getLogger(__name__)
 
 PLANNER_STATE_KEY = "darts_planner"  # key of the planner state inside upstream's checkpoint client_states
+TAIL_QUEUE_KEY = "tail_batching_queue"  # key of the tail-batching deferred-prompt queue inside client_states
 
 
 @ray.remote
@@ -66,6 +71,19 @@ class DartsPPOTrainer(upstream.ppo_trainer_base()):
             **generate_kwargs,
         )
         self.darts_config = DartsConfig.from_args(strategy.args)
+        self.tail_batching_config = TailBatchingConfig.from_args(strategy.args)  # refuses it together with DARTS
+        if self.tail_batching_config.enable:
+            from openrlhf_darts.trainer.tail_batching import TailBatchingSamplesGenerator
+
+            self.samples_generator = TailBatchingSamplesGenerator(
+                strategy,
+                self.prompts_dataloader,
+                self.eval_dataloader,
+                self.samples_generator.tokenizer,
+                vllm_engines,
+                self.tail_batching_config,
+            )
+            return
         if not self.darts_config.enable:
             return
         # Reuse the tokenizer upstream loaded for its own generator, so both sides tokenize identically.
@@ -105,10 +123,15 @@ class DartsPPOTrainer(upstream.ppo_trainer_base()):
                 logs_dict.update(self.experience_maker.pop_metrics())
             # In place: fit hands the same dict to save_best_checkpoint after evaluation.
             client_states[PLANNER_STATE_KEY] = self.samples_generator.planner.state_dict()
+        if self.tail_batching_config.enable:
+            logs_dict.update(self.samples_generator.pop_metrics())
+            client_states[TAIL_QUEUE_KEY] = self.samples_generator.queue.state_dict()
         super().save_logs_and_checkpoints(global_step, logs_dict, client_states)
 
     def restore_best_checkpoint_state(self, checkpoint_states) -> None:
         super().restore_best_checkpoint_state(checkpoint_states)
+        if checkpoint_states:
+            _restore_tail_queue(self, checkpoint_states)
         if not self.darts_config.enable or not checkpoint_states:
             return
         self.samples_generator.completed_steps = checkpoint_states["global_step"]  # 0 for a fresh run
@@ -122,3 +145,23 @@ class DartsPPOTrainer(upstream.ppo_trainer_base()):
                 checkpoint_states["global_step"],
                 PLANNER_STATE_KEY,
             )
+
+
+def _restore_tail_queue(trainer, checkpoint_states) -> None:
+    """Load the deferred-prompt queue into the tail-batching generator, or warn where it cannot be used."""
+    queue = checkpoint_states.get(TAIL_QUEUE_KEY)
+    if trainer.tail_batching_config.enable:
+        if queue is not None:
+            trainer.samples_generator.queue.load_state_dict(queue)
+        elif checkpoint_states["global_step"] > 0:
+            logger.warning(
+                "checkpoint at global_step=%s has no %r state; tail batching starts with an empty deferred queue",
+                checkpoint_states["global_step"],
+                TAIL_QUEUE_KEY,
+            )
+    elif queue is not None and queue["items"]:
+        # Those prompts were drawn from the dataloader already: this run will never see them.
+        logger.warning(
+            "checkpoint holds %d deferred tail-batching prompts but --tail_batching.enable is off; they are skipped",
+            len(queue["items"]),
+        )

@@ -80,7 +80,13 @@ def stop_token_ids(tokenizer, count: int = 40) -> list[int]:
     return list(range(len(tokenizer) - count, len(tokenizer)))
 
 
-def rollout_args(n: int = 4, batch_size: int = 4, dynamic_filtering: bool = False, darts: dict | None = None):
+def rollout_args(
+    n: int = 4,
+    batch_size: int = 4,
+    dynamic_filtering: bool = False,
+    darts: dict | None = None,
+    tail_batching: dict | None = None,
+):
     """The slice of OpenRLHF's hierarchized args the samples generator reads (names as `train_ppo_ray` defines them)."""
     return SimpleNamespace(
         rollout=SimpleNamespace(n_samples_per_prompt=n, batch_size=batch_size, vllm_generate_batch_size=None),
@@ -92,6 +98,7 @@ def rollout_args(n: int = 4, batch_size: int = 4, dynamic_filtering: bool = Fals
         ),
         train=SimpleNamespace(async_enable=False, partial_rollout_enable=False, colocate_all=False),
         darts=SimpleNamespace(**(darts or {})),
+        tail_batching=SimpleNamespace(**(tail_batching or {})),
     )
 
 

@@ -71,6 +71,54 @@ def test_counts_are_consistent(bench_report):
     assert report["ratios_vs_baseline"]["baseline"]["decode_steps"] == 1.0
 
 
+def test_tail_batching_arm_keeps_the_first_b_groups_and_aborts_the_rest(ray_cluster, darts_engine, tokenizer):
+    # B = 3 shared prompts, r = 2: 6 launched (3 extra from the same generator), 3 kept, 3 aborted when the 3rd
+    # completes. The baseline runs first on the same 3 prompts.
+    prompts, labels = rollout.builtin_prompts(tokenizer, 6, seed=0)
+    assert prompts[:3] == rollout.builtin_prompts(tokenizer, 3, seed=0)[0]  # the shared prompts do not move
+    report = rollout.run_benchmark(
+        darts_engine, tokenizer, prompts[:3], labels[:3], n=N, max_tokens=MAX_TOKENS, max_length=512,
+        stop_token_ids=stop_token_ids(tokenizer), progress=False, variants=("baseline", "tail_batching"),
+        extra_prompts=prompts[3:], extra_labels=labels[3:], launch_ratio=2.0,
+    )  # fmt: skip
+    tail = report["variants"]["tail_batching"]
+    stats, groups = tail["stats"], tail["groups"]
+    assert (stats["prompts_launched"], stats["prompts_kept"]) == (6, 3)
+    assert sorted(tail["kept_prompts"]) == [i for i, g in enumerate(groups) if g["kept"]]
+    for group in groups:
+        assert len(group["lengths"]) == N and group["kept"] in ([], list(range(N)))
+        if not group["kept"]:  # aborted: never scored
+            assert group["rewards"] == []
+    # The kept groups are the first to complete; an aborted group ran longer, up to the moment of the abort.
+    assert stats["decode_steps"] >= stats["oracle_decode_steps"] == max(max(g["lengths"]) for g in groups if g["kept"])
+    generated = sum(sum(g["lengths"]) for g in groups)
+    assert (stats["tokens_generated"], stats["tokens_wasted"]) == (generated, generated - stats["tokens_kept"])
+    assert stats["tokens_wasted"] == sum(sum(g["lengths"]) for g in groups if not g["kept"])
+    table = rollout.format_table(dict(report, meta={"model": "tiny", "n": N}))
+    assert "prompts launched / kept" in table and "6/3" in table and "3/3" in table
+    with pytest.raises(ValueError, match=r"tail_batching launches ceil\(2.0 x 3\) = 6 prompts but only 4"):
+        rollout.run_benchmark(
+            darts_engine, tokenizer, prompts[:3], labels[:3], n=N, max_tokens=MAX_TOKENS, max_length=512,
+            progress=False, variants=("tail_batching",), extra_prompts=prompts[3:4], launch_ratio=2.0,
+        )  # fmt: skip
+
+
+def test_recorded_traces_leave_the_tail_batching_arm_out(tmp_path):
+    # Its kept groups are the fastest of a race and its aborted ones partial: the sim must not pool them.
+    group = {"lengths": [3, 5], "truncated": [False, False], "aborted": [False, False], "kept": [0, 1], "rewards": []}
+    aborted = dict(group, aborted=[True, True], kept=[])
+    report = {
+        "variants": {
+            "baseline": {"path": "generate_responses", "groups": [group]},
+            "tail_batching": {"path": "generate_tail_group", "groups": [dict(group, lengths=[1, 1]), aborted]},
+        }
+    }
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+    (prompt,) = load_recorded(path)
+    assert sorted(prompt.pool) == [(3, False), (5, False)]
+
+
 def test_bad_arguments_fail_before_any_work():
     parser = rollout.build_parser()
     with pytest.raises(ValueError, match="--n=1 is below 2"):
@@ -79,6 +127,9 @@ def test_bad_arguments_fail_before_any_work():
         rollout.check_args(parser.parse_args(["--max-tokens", "0"]))
     with pytest.raises(ValueError, match="is not a file"):
         rollout.check_args(parser.parse_args(["--prompts", "/nonexistent.jsonl"]))
+    with pytest.raises(ValueError, match="launch_ratio=0.5 is below 1.0"):
+        rollout.check_args(parser.parse_args(["--tail-launch-ratio", "0.5"]))
+    assert rollout.build_parser().parse_args([]).variants == ["baseline", "shortest_only", "dual_end", "tail_batching"]
 
 
 def test_prompt_file_needs_a_prompt_field(tmp_path):

@@ -18,13 +18,23 @@ from pathlib import Path
 import pytest
 
 from openrlhf_darts.config import flag_table
+from openrlhf_darts.tail_batching import flag_table as tail_flag_table
 
 pytestmark = [pytest.mark.contract, pytest.mark.timeout(600)]
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "examples" / "scripts"
 TRAIN_SCRIPTS = sorted(SCRIPTS.glob("train_*.sh"))
-PAIRS = sorted({p.name.rsplit("_", 1)[0] for p in TRAIN_SCRIPTS})
+ARMS = ("baseline", "darts", "tail_batching")  # every train script is train_<setting>_<arm>.sh
+
+
+def _setting(name: str) -> str:
+    arm = next(arm for arm in ARMS if name.endswith(f"_{arm}.sh"))
+    return name[: -len(f"_{arm}.sh")]
+
+
+PAIRS = sorted({_setting(p.name) for p in TRAIN_SCRIPTS})
+TAIL_PAIRS = [pair for pair in PAIRS if (SCRIPTS / f"{pair}_tail_batching.sh").exists()]
 UPSTREAM_MODULE = "openrlhf.cli.train_ppo_ray"
 DARTS_MODULE = "openrlhf_darts.cli.train_ppo_ray"
 LOCAL_MODULE = "openrlhf_darts.local.train"  # the CPU smoke pair runs local mode for both sides
@@ -139,6 +149,11 @@ def test_help_lists_the_darts_group_with_defaults_and_symbols(monkeypatch, capsy
         assert f"(default: {shown})" in flat, (flag, shown)
         if symbol != "-":
             assert f"[{symbol}]" in flat, (flag, symbol)
+    # The tail-batching group follows, with its defaults.
+    tail = re.sub(r"\s+", " ", text[text.index("\ntail batching:\n") :])
+    for flag, default, _, _ in tail_flag_table():
+        shown = {"False": "off"}.get(default, default)
+        assert flag in tail and f"(default: {shown})" in tail, (flag, shown)
     # The scoped hooks are gone after the run.
     assert argparse_module.ArgumentParser.parse_args is original_parse_args
     assert upstream_config.hierarchize is original_hierarchize
@@ -149,18 +164,18 @@ def test_help_lists_the_darts_group_with_defaults_and_symbols(monkeypatch, capsy
 
 def test_scripts_come_in_baseline_darts_pairs():
     # (a) 7B on one node, (b) several nodes, (c) a one-GPU smoke run, (d) a CPU smoke run in local mode (the Slurm
-    # test's job); each as a baseline and a DARTS script.
+    # test's job); each as a baseline and a DARTS script, and the 7B and one-GPU smoke settings also with the
+    # tail-batching comparison arm.
     assert PAIRS == [
         "train_qwen2.5_32b_multinode",
         "train_qwen2.5_math_7b_1node",
         "train_smoke_1gpu",
         "train_smoke_cpu",
     ]
+    assert TAIL_PAIRS == ["train_qwen2.5_math_7b_1node", "train_smoke_1gpu"]
     for pair in PAIRS:
-        assert {p.name for p in TRAIN_SCRIPTS if p.name.startswith(pair + "_")} == {
-            f"{pair}_baseline.sh",
-            f"{pair}_darts.sh",
-        }
+        arms = ("baseline", "darts", "tail_batching") if pair in TAIL_PAIRS else ("baseline", "darts")
+        assert {p.name for p in TRAIN_SCRIPTS if _setting(p.name) == pair} == {f"{pair}_{arm}.sh" for arm in arms}
 
 
 @pytest.mark.parametrize("pair", PAIRS)
@@ -205,6 +220,19 @@ def test_cpu_smoke_pair_runs_the_local_modes_settings():
     assert normalized(args[3:]) == normalized(expected)
 
 
+@pytest.mark.parametrize("pair", TAIL_PAIRS)
+def test_tail_batching_script_is_the_baseline_command_plus_tail_batching_lines(pair):
+    baseline_module, baseline = _script_command(SCRIPTS / f"{pair}_baseline.sh", run_name="same")
+    tail_module, tail = _script_command(SCRIPTS / f"{pair}_tail_batching.sh", run_name="same")
+    assert (baseline_module, tail_module) == (UPSTREAM_MODULE, DARTS_MODULE)
+    baseline_flags, tail_flags = _flag_values(baseline), _flag_values(tail)
+    assert not any(flag.startswith("--tail_batching.") for flag in baseline_flags)
+    added = {flag: values for flag, values in tail_flags.items() if flag not in baseline_flags}
+    assert added and all(flag.startswith("--tail_batching.") for flag in added), sorted(added)
+    assert "--tail_batching.enable" in added and not any(flag.startswith("--darts.") for flag in tail_flags)
+    assert tail[: len(baseline)] == baseline
+
+
 @pytest.mark.parametrize("script", TRAIN_SCRIPTS, ids=lambda p: p.name)
 def test_every_script_flag_parses_and_lands_in_the_args(script, monkeypatch, capsys):
     module, args = _script_command(script)
@@ -214,12 +242,20 @@ def test_every_script_flag_parses_and_lands_in_the_args(script, monkeypatch, cap
         value = _lookup(parsed["args"], flag[2:])
         assert _same(value, given), f"{script.name}: {flag} {given} parsed as {value!r}"
     darts = parsed["darts"]
-    assert darts["enable"] == (module == DARTS_MODULE or (module == LOCAL_MODULE and "--darts.enable" in args))
+    assert darts["enable"] == script.name.endswith("_darts.sh")
+    assert parsed["tail_batching"]["enable"] == script.name.endswith("_tail_batching.sh")
+    if module != LOCAL_MODULE:
+        assert module == (UPSTREAM_MODULE if script.name.endswith("_baseline.sh") else DARTS_MODULE)
     assert darts["n_samples_per_prompt"] == parsed["args"]["rollout"]["n_samples_per_prompt"]
     if darts["enable"]:
         # Paper settings (DARTS_SPEC.md §6): candidates in [n, 2n], L = 1.
         n = darts["n_samples_per_prompt"]
         assert (darts["min_candidates"], darts["max_candidates"], darts["num_long"]) == (n, 2 * n, 1)
+    if parsed["tail_batching"]["enable"]:
+        # 1.25 x the batch launched (320 for 256, 20 for 16), aborted prompts deferred without a cap.
+        assert parsed["tail_batching"] == {
+            "enable": True, "launch_ratio": 1.25, "aborted_prompts": "defer", "max_deferrals": None,
+        }  # fmt: skip
 
 
 # ---- upstream's own recipe ------------------------------------------------------------------------------------------
@@ -323,6 +359,37 @@ def test_a_darts_flag_without_enable_fails_naming_it(monkeypatch, capsys):
     assert _parse(args, monkeypatch, capsys)["darts"]["enable"] is False  # the baseline itself parses
 
 
+@pytest.mark.parametrize(
+    "script, extra, message",
+    [
+        (
+            "train_smoke_1gpu_tail_batching.sh",
+            ["--darts.enable"],
+            "--tail_batching.enable with --darts.enable is not supported",
+        ),
+        (
+            "train_smoke_1gpu_tail_batching.sh",
+            ["--tail_batching.launch_ratio", "0.8"],
+            "--tail_batching.launch_ratio=0.8 must be a finite number >= 1",
+        ),
+        (
+            "train_smoke_1gpu_baseline.sh",
+            ["--tail_batching.launch_ratio", "1.5"],
+            "--tail_batching.launch_ratio=1.5 has no effect without --tail_batching.enable",
+        ),
+        (
+            "train_smoke_1gpu_tail_batching.sh",
+            ["--rollout.vllm_generate_batch_size", "32"],
+            "--rollout.vllm_generate_batch_size=32 with --tail_batching.enable",
+        ),
+    ],
+)
+def test_invalid_tail_batching_flags_raise_in_on_parsed(script, extra, message, monkeypatch, capsys):
+    _, args = _script_command(SCRIPTS / script)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _parse(args + extra, monkeypatch, capsys)
+
+
 def test_stream_tokens_installs_the_chunk_forward_model_actors(monkeypatch, capsys):
     from openrlhf_darts import compat
 
@@ -369,7 +436,7 @@ def test_unknown_choice_is_an_argparse_error(monkeypatch, capsys):
     assert "argument --darts.selection: invalid choice: 'longest'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("variant", ["baseline", "darts"])
+@pytest.mark.parametrize("variant", ["baseline", "darts", "tail_batching"])
 def test_driver_classes_are_rebound_only_with_enable(variant, monkeypatch, capsys):
     from openrlhf.trainer import ppo_trainer
     from openrlhf.trainer.ray import vllm_engine
@@ -388,7 +455,7 @@ def test_driver_classes_are_rebound_only_with_enable(variant, monkeypatch, capsy
     rebound = (ppo_trainer.PPOTrainer, vllm_engine.RolloutRayActor)
     if variant == "baseline":
         assert rebound == upstream_classes  # without --darts.enable the run is exactly upstream's
-    else:
+    else:  # tail batching runs on the DARTS trainer (its generator) and engine actor (its group abort)
         from openrlhf_darts.rollout.rollout_actor import DartsRolloutRayActor
         from openrlhf_darts.trainer.ppo_trainer import DartsPPOTrainer
 

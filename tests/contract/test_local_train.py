@@ -27,8 +27,11 @@ def reward_func(queries, prompts, labels):
 """
 
 
-def local_command(root: Path, model_path: str, *extra, reward: bool = True) -> tuple[list[str], Path]:
-    """The local-mode command of these tests (DARTS on, dual-end) and its run folder; `reward=False` leaves the
+DARTS_FLAGS = ("--darts.enable", "--darts.selection", "dual_end")
+
+
+def local_command(root: Path, model_path: str, *extra, reward: bool = True, arm=DARTS_FLAGS) -> tuple[list[str], Path]:
+    """The local-mode command of these tests (DARTS on, dual-end, unless `arm` says otherwise) and its run folder; `reward=False` leaves the
     reward to an AgentExecutor given in `extra`."""
     from openrlhf_darts.bench.tasks import make_problems
 
@@ -53,13 +56,13 @@ def local_command(root: Path, model_path: str, *extra, reward: bool = True) -> t
         "--rollout.max_new_tokens", "24", "--rollout.micro_batch_size", str(N),
         "--train.batch_size", str(PROMPTS * N), "--train.micro_batch_size", str(N),
         "--algo.advantage.estimator", "group_norm", "--actor.adam.lr", "1e-2", "--actor.lr_warmup_ratio", "0",
-        "--darts.enable", "--darts.selection", "dual_end", *extra,
+        *arm, *extra,
     ]  # fmt: skip
     return command, run_dir
 
 
-def _run(tmp_path_factory, stopping_model_path, *extra):
-    command, run_dir = local_command(tmp_path_factory.mktemp("local_train"), stopping_model_path, *extra)
+def _run(tmp_path_factory, stopping_model_path, *extra, arm=DARTS_FLAGS):
+    command, run_dir = local_command(tmp_path_factory.mktemp("local_train"), stopping_model_path, *extra, arm=arm)
     done = subprocess.run(command, capture_output=True, text=True, timeout=540)
     assert done.returncode == 0, f"local run failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
     records = [json.loads(line) for line in (run_dir / "steps.jsonl").read_text().splitlines()]
@@ -93,6 +96,26 @@ def _weights(folder):
     from safetensors.torch import load_file
 
     return load_file(str(Path(folder) / "model.safetensors"))
+
+
+def test_tail_batching_run_through_upstreams_trainer(tmp_path_factory, stopping_model_path):
+    """The comparison arm (DARTS off) through upstream's train_ppo_ray: the trainer swaps in the tail-batching generator,
+    the engine aborts whole groups. 8 prompts, B = 4, r = 1.5: step 1 launches 6, trains 4, defers 2; step 2 launches
+    the 2 deferred + the last 2 fresh ones (4 <= B: nothing aborted) and ends the epoch."""
+    records, _, _ = _run(
+        tmp_path_factory, stopping_model_path, "--tail_batching.enable", "--tail_batching.launch_ratio", "1.5", arm=()
+    )
+    assert [r["step"] for r in records] == [1, 2]
+    assert not any(key.startswith("darts/") for r in records for key in r)
+    launched = [(r["tail_batching/prompts_launched"], r["tail_batching/prompts_resumed"]) for r in records]
+    assert launched == [(6, 0), (4, 2)]
+    assert [r["tail_batching/prompts_deferred"] for r in records] == [2, 0]
+    assert [r["tail_batching/queue_size"] for r in records] == [2, 0]
+    for record in records:
+        assert record["rollout/num_samples"] == PROMPTS * N  # exactly B groups of n
+        assert record["tail_batching/tokens_kept"] == record["local/response_tokens"]
+        assert record["local/engine_unfinished_requests"] == 0
+    assert records[0]["tail_batching/wasted_tokens"] > 0 and records[1]["tail_batching/wasted_tokens"] == 0
 
 
 def test_two_steps_logged_with_darts_metrics(local_run):

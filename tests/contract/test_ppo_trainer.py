@@ -20,6 +20,7 @@ import pytest
 from conftest import prompt_batches, rollout_args
 
 from openrlhf_darts.config import DartsConfig
+from openrlhf_darts.tail_batching import TailBatchingConfig
 
 pytestmark = [pytest.mark.contract, pytest.mark.timeout(600)]
 
@@ -108,6 +109,7 @@ def _bare_trainer(trainer_classes, args, samples_generator, actor_group, tensorb
     trainer.strategy = SimpleNamespace(args=args)
     trainer.args = args
     trainer.darts_config = DartsConfig.from_args(args)
+    trainer.tail_batching_config = TailBatchingConfig.from_args(args)
     trainer.samples_generator = samples_generator
     trainer.actor_model_group = actor_group
     trainer.critic_model_group = None
@@ -227,3 +229,62 @@ def test_darts_off_adds_nothing(trainer_classes, checkpoint_owner, tmp_path):
     assert status == {"timing/step_total": 1.0}
     assert "darts_planner" not in client_states
     trainer.restore_best_checkpoint_state({"global_step": 2})  # no planner to restore, no warning needed
+
+
+# ---- tail batching (the comparison arm): metrics and the deferred-prompt queue through the same two overrides -------
+
+TAIL_PROMPTS = [f"a green frog jumps {i} times" for i in range(16)]
+
+
+def _tail_generator(args, engines, tokenizer):
+    from openrlhf_darts.trainer.tail_batching import TailBatchingSamplesGenerator
+
+    config = TailBatchingConfig.from_args(args)
+    return TailBatchingSamplesGenerator(
+        SimpleNamespace(args=args), prompt_batches(TAIL_PROMPTS, 1), None, tokenizer, engines, config
+    )
+
+
+def test_tail_batching_queue_survives_a_checkpoint_and_comes_back_first(
+    trainer_classes, checkpoint_owner, ray_cluster, darts_engine, tokenizer, tmp_path
+):
+    group, ckpt_path = checkpoint_owner
+    args = _args(ckpt_path, str(tmp_path / "tb"), enable=False)
+    args.tail_batching = SimpleNamespace(enable=True, launch_ratio=2.0, max_deferrals=1)
+    generator = _tail_generator(args, [darts_engine], tokenizer)
+    samples, _, consumed, _ = generator.generate_samples(**GENERATE_KWARGS)
+    assert consumed == 8 and len(samples) == 16  # B = 4 of the 8 launched, n = 4
+    waiting = generator.queue.state_dict()
+    assert len(waiting["items"]) == 4  # precondition: something to carry over
+    trainer = _bare_trainer(trainer_classes, args, generator, group)
+
+    status = {"timing/step_total": 1.0}
+    client_states = {"episode": 0, "global_step": 1, "total_consumed_prompts": 8, "data_loader_state_dict": {}}
+    trainer.save_logs_and_checkpoints(1, status, client_states)
+    assert status["tail_batching/prompts_deferred"] == 4 and status["tail_batching/queue_size"] == 4
+    assert "darts/budget" not in status and "darts_planner" not in client_states  # DARTS is off
+    assert client_states["tail_batching_queue"] == waiting
+    assert generator.pop_metrics() == {}
+
+    # A fresh trainer resumes as fit does; its queue is the saved one, and its first step trains those prompts first
+    # (deferred once = max_deferrals: pinned), before any prompt of its dataloader.
+    fresh = _bare_trainer(trainer_classes, args, _tail_generator(args, [darts_engine], tokenizer), group)
+    fresh.restore_best_checkpoint_state(fresh.init_checkpoint_states())
+    assert fresh.samples_generator.queue.state_dict() == waiting
+    samples, _, consumed, _ = fresh.samples_generator.generate_samples(**GENERATE_KWARGS)
+    trained = {s.prompts[0] for s in samples}
+    assert trained == {item["prompt"] for item in waiting["items"]} and consumed == 4
+    assert ray_cluster.get(darts_engine.get_num_unfinished_requests.remote()) == 0
+
+
+def test_resuming_a_tail_queue_without_tail_batching_warns(trainer_classes, checkpoint_owner, tmp_path, caplog):
+    from openrlhf_darts import upstream
+
+    group, ckpt_path = checkpoint_owner
+    args = _args(ckpt_path, str(tmp_path / "tb"), enable=False)
+    generator = upstream.SamplesGenerator(SimpleNamespace(args=args), None, None, None, [])
+    trainer = _bare_trainer(trainer_classes, args, generator, group)
+    queue = {"version": 1, "items": [{"prompt": "p", "label": "", "image": None, "deferrals": 1}]}
+    with caplog.at_level(logging.WARNING, logger="openrlhf_darts.trainer.ppo_trainer"):
+        trainer.restore_best_checkpoint_state({"global_step": 3, "tail_batching_queue": queue})
+    assert "holds 1 deferred tail-batching prompts but --tail_batching.enable is off" in caplog.text

@@ -50,6 +50,9 @@ RECORDED_SOURCE_HASHES = {
     "openrlhf.models.actor.Actor.__init__": "34e1cf12a386dd51",
     "openrlhf.models.model.get_llm_for_sequence_regression": "48a7366f5618de9d",
     "openrlhf.trainer.ppo_utils.samples_generator.SamplesGenerator._generate_vllm": "e31c2c4b19657950",
+    # tail batching
+    "openrlhf.trainer.ray.vllm_engine.RolloutRayActor.generate_responses": "cd8cc667de7c7c74",
+    "openrlhf.trainer.ppo_utils.samples_generator._collect_prompt_batch": "d86482264c1559b7",
 }
 
 # Keys of one response dict from SingleTurnAgentExecutor.execute (openrlhf/utils/agent.py, 0.11.2), which

@@ -13,7 +13,9 @@ pytestmark = pytest.mark.unit
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BLOCKED = ("torch", "ray", "vllm", "openrlhf", "numpy", "deepspeed")
-EXPECTED_MODULES = {"types", "selection", "allocation", "length_fit", "length_stats", "cost_model", "budget"}
+EXPECTED_MODULES = {
+    "types", "selection", "allocation", "length_fit", "length_stats", "cost_model", "budget", "tail_batching",
+}  # fmt: skip
 
 SCRIPT = textwrap.dedent("""
     import importlib, importlib.abc, json, pkgutil, sys

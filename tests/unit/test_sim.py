@@ -28,6 +28,7 @@ from openrlhf_darts.sim.replay import (
     simulate_step,
     uniform_plan,
 )
+from openrlhf_darts.sim.tail_batching import simulate_tail_batching, simulate_tail_step
 from openrlhf_darts.sim.traces import FAMILIES, EmpiricalPrompt, LogNormalPrompt, load_recorded, resolve_trace
 
 pytestmark = pytest.mark.unit
@@ -403,3 +404,142 @@ def test_validation_sums_repeated_runs_before_dividing():
     assert row["runs"] == 2 and row["tokens_generated"] == 28
     assert row["error"] == pytest.approx(0.0)
     assert row["per_run_errors"] == pytest.approx([1.0, 0.1 / 0.15 - 1])
+
+
+# ---------------------------------------------------------------------------------------------------- tail batching
+
+
+def test_tail_step_hand_case_without_pinning():
+    # One engine, PTL = 1 s. Group maxima 10, 4, 20; target 2: groups 1 (done at 4 s) and 0 (10 s) train, group 2 is
+    # aborted at t1 = 10 s having decoded min(20, 10) + min(1, 10) = 11 tokens. Kept 5 + 10 + 3 + 4 = 22.
+    groups = [valid(5, 10), valid(3, 4), valid(20, 1)]
+    step, trained, aborted = simulate_tail_step(groups, [False] * 3, 2, 1, constant(1.0))
+    assert (trained, aborted) == ([0, 1], [2])
+    assert step.rollout_time_s == 10.0 and step.decode_steps == 10
+    assert (step.tokens_kept, step.tokens_generated) == (22, 33)
+    assert step.kept_length_mean == 22 / 4
+
+
+def test_tail_step_hand_case_with_a_pinned_group():
+    # Same groups, group 2 pinned: one unpinned slot, taken by group 1 at 4 s; group 0 is aborted then (4 + 4 tokens
+    # decoded); group 2's 20-token candidate runs on alone to 20 s. Kept 3 + 4 + 20 + 1 = 28, generated 28 + 8 = 36.
+    groups = [valid(5, 10), valid(3, 4), valid(20, 1)]
+    step, trained, aborted = simulate_tail_step(groups, [False, False, True], 2, 1, constant(1.0))
+    assert (trained, aborted) == ([1, 2], [0])
+    assert step.rollout_time_s == 20.0
+    assert (step.tokens_kept, step.tokens_generated) == (28, 36)
+    # Linear PTL(r) = r: 4 candidates... by hand: lengths 5,10 | 3,4 | 20,1 all run from 0. Steps 0-1: 6 running
+    # (6 s), 1-3: 5 (10 s), 3-4: 4 (4 s) -> group 1 done at t1 = 20 s; abort group 0; then only 20 (at 4) runs:
+    # 16 steps x 1 s = 16 s -> 36 s.
+    step, _, _ = simulate_tail_step(groups, [False, False, True], 2, 1, linear(1.0))
+    assert step.rollout_time_s == 36.0
+
+
+def brute_force_tail_step(groups, pinned, target, latency):
+    """One engine, tick by tick: every running candidate decodes one token per tick at latency(running). Groups
+    complete at the end of the tick their last candidate finishes; once pinned + completed unpinned groups fill the
+    target, the other unpinned groups stop. Returns (step time, trained, tokens decoded)."""
+    lengths = {(g, j): length for g, group in enumerate(groups) for j, (length, _) in enumerate(group)}
+    decoded = dict.fromkeys(lengths, 0)
+    stopped, done, now, accepted_unpinned = set(), {}, 0.0, []
+    slots = target - sum(pinned)
+    if slots == 0:
+        stopped = {g for g in range(len(groups)) if not pinned[g]}
+    while True:
+        running = [k for k in lengths if k[0] not in stopped and decoded[k] < lengths[k]]
+        if not running:
+            break
+        now += latency(len(running))
+        for k in running:
+            decoded[k] += 1
+        for g in range(len(groups)):
+            if (
+                g not in done
+                and g not in stopped
+                and all(decoded[(g, j)] == lengths[(g, j)] for j in range(len(groups[g])))
+            ):
+                done[g] = now
+        finished = sorted((done[g], g) for g in done if not pinned[g])
+        if len(finished) >= slots and slots > 0 and not accepted_unpinned:
+            accepted_unpinned = [g for _, g in finished[:slots]]
+            stopped = {g for g in range(len(groups)) if not pinned[g] and g not in accepted_unpinned}
+    trained = sorted(accepted_unpinned + [g for g in range(len(groups)) if pinned[g]])
+    return now, trained, sum(decoded.values())
+
+
+@st.composite
+def tail_steps(draw):
+    size = draw(st.integers(1, 6))
+    groups = [valid(*draw(st.lists(st.integers(1, 9), min_size=1, max_size=3))) for _ in range(size)]
+    target = draw(st.integers(1, size))
+    pinned = [False] * size
+    for g in draw(st.lists(st.integers(0, size - 1), max_size=target, unique=True)):
+        pinned[g] = True
+    base, slope = draw(st.integers(1, 5)), draw(st.integers(0, 5))
+    return groups, pinned, target, (lambda r: base + slope * r)
+
+
+@given(tail_steps())
+def test_tail_step_equals_tick_by_tick_brute_force_on_one_engine(case):
+    groups, pinned, target, latency = case
+    step, trained, _ = simulate_tail_step(groups, pinned, target, 1, latency)
+    seconds, trained_bf, decoded = brute_force_tail_step(groups, pinned, target, latency)
+    # Ties in completion time go to the lower index in both; a group finishing in the same tick as the one that
+    # fills the slots is stopped, as the generator aborts it.
+    assert trained == trained_bf
+    assert math.isclose(step.rollout_time_s, seconds, rel_tol=1e-12)
+    assert step.tokens_generated == decoded
+
+
+def test_tail_step_with_nothing_to_abort_is_the_baseline_step():
+    # r = 1 at the end of an epoch: every launched group trains, so the step is replay.simulate_step's baseline.
+    rng = random.Random(5)
+    groups = [[(rng.randint(1, 400), False) for _ in range(4)] for _ in range(12)]
+    step, trained, aborted = simulate_tail_step(groups, [False] * 12, 12, 3, gpu_like_synthetic())
+    base = simulate_step(groups, [GroupPlan.uniform(4)] * 12, 3, gpu_like_synthetic())
+    assert (trained, aborted) == (list(range(12)), [])
+    assert math.isclose(step.rollout_time_s, base.rollout_time_s, rel_tol=1e-12)
+    assert step.tokens_generated == step.tokens_kept == base.tokens_generated
+
+
+def test_simulate_tail_batching_queue_and_figures():
+    prompts = FAMILIES["7b-like"].prompts(400, random.Random(2))
+    # N = 16, r = 1.25: 20 launched per step, 4 aborted. Capped at one deferral, the 4 deferred prompts come back
+    # pinned (4 per steady step); dropped, nothing comes back.
+    capped = simulate_tail_batching(prompts, 4, 16, 4, gpu_like_synthetic(), 1.25, "defer", 1, steps=4, seed=1)
+    assert capped["pinned_mean"] == 4 and capped["resumed_mean"] == 4
+    assert capped["early_stop_ratio"] == 4 / 20 and capped["candidates_mean"] == 4 * 20 / 16
+    dropped = simulate_tail_batching(prompts, 4, 16, 4, gpu_like_synthetic(), 1.25, "drop", None, steps=4, seed=1)
+    assert dropped["pinned_mean"] == 0 and dropped["resumed_mean"] == 0
+    uncapped = simulate_tail_batching(prompts, 4, 16, 4, gpu_like_synthetic(), 1.25, "defer", None, steps=4, seed=1)
+    assert uncapped["pinned_mean"] == 0 and uncapped["resumed_mean"] == 4
+    for r in (capped, dropped, uncapped):
+        assert r["tokens_generated"] > r["tokens_kept"] > 0 and len(r["steps"]) == 4
+    with pytest.raises(ValueError, match="the prompt stream holds 30 prompts"):
+        simulate_tail_batching(prompts[:30], 4, 16, 4, gpu_like_synthetic(), steps=4)
+
+
+def test_sim_cli_adds_the_tail_batching_arms(tmp_path):
+    from openrlhf_darts.sim.__main__ import main
+
+    report = main(
+        ["--trace", "7b-like", "--latency", "gpu-like-synthetic", "--engines", "4", "--prompts", "16", "--n", "4",
+         "--repeats", "2", "--tail-steps", "3", "--out", str(tmp_path)]
+    )  # fmt: skip
+    variants = report["results"][0]["variants"]
+    assert list(variants) == [
+        "baseline",
+        "dual_end",
+        "shortest_only",
+        "adaptive",
+        "tail_batching",
+        "tail_batching_drop",
+    ]
+    assert variants["tail_batching"]["settings"]["aborted_prompts"] == "defer"
+    assert "tail_batching_drop" in (tmp_path / "table.txt").read_text()
+    # The other variants see the same first 16 prompts as without the tail arms.
+    alone = main(
+        ["--trace", "7b-like", "--latency", "gpu-like-synthetic", "--engines", "4", "--prompts", "16", "--n", "4",
+         "--repeats", "2", "--variants", "baseline", "adaptive", "--out", str(tmp_path / "alone")]
+    )  # fmt: skip
+    assert alone["results"][0]["variants"]["adaptive"]["rollout_time_s"] == variants["adaptive"]["rollout_time_s"]
