@@ -31,6 +31,7 @@ import ray
 from openrlhf_darts.core.selection import GroupSelector
 from openrlhf_darts.core.streaming import chunk_eligible, chunk_spans
 from openrlhf_darts.core.types import CandidateResult, GroupOutcome, GroupPlan
+from openrlhf_darts.rollout.engine_counters import read_engine_counters
 from openrlhf_darts.upstream import RolloutRayActorBase
 
 logger = logging.getLogger(__name__)
@@ -328,6 +329,15 @@ class DartsRolloutActor(RolloutRayActorBase):
         """Outcomes of the groups finished since the last call: one call per engine per step."""
         outcomes, self._outcomes = self._outcomes, []
         return outcomes
+
+    def engine_iterations(self) -> int:
+        """Engine steps that sampled a token since the engine started, counted by vLLM itself (baseline and DARTS
+        alike; rollout/engine_counters.py): take differences around the phase to measure."""
+        return read_engine_counters()["iterations"]
+
+    def engine_finished_requests(self) -> int:
+        """Requests that finished in the engine (stop or length, not aborted ones) since it started, by vLLM's count."""
+        return read_engine_counters()["finished_requests"]
 
 
 DartsRolloutRayActor = ray.remote(DartsRolloutActor)
