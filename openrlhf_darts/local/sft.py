@@ -41,40 +41,58 @@ import tempfile
 import time
 from pathlib import Path
 
-from openrlhf_darts.bench.tasks import make_problems
+from openrlhf_darts.bench.tasks import make_lookup_problems, make_problems
 from openrlhf_darts.models import default_cache_dir, resolve_model
 
 logger = logging.getLogger(__name__)
 
-DIR_NAME = "tiny-verbose"
-_RECIPE_VERSION = 2  # bump when targets, model shape, problem mix or training change, so stale caches rebuild
+DIR_NAME = "tiny-verbose-2p"  # two-pattern recipe; "tiny-verbose" held recipe 2 (Pattern I only)
+_RECIPE_VERSION = 3  # bump when targets, model shape, problem mix or training change, so stale caches rebuild
 _STAMP = ".openrlhf_darts_sft.json"
 SFT_SEED_OFFSET = 10_000  # SFT problems use seeds far from the RL prompts' seeds
 
-# --- problems: named difficulty mixes -------------------------------------------------------------------------------
+# --- problems: named mixes of levels, each level tagged with its pattern ------------------------------------------
 
-# Share of problems at each `make_problems(max_ops=...)` level: 0 copy, 1 one small step, 3 chains of 1-3 operations.
-DIFFICULTIES: dict[str, dict[int, float]] = {
-    "easy": {0: 0.7, 1: 0.3},
-    "copy": {0: 1.0},
-    "one_op": {1: 1.0},
-    "chain": {3: 1.0},
+# Levels: "copy", "one_op" and "chain" are `make_problems(max_ops=0, 1, 3)`; "lookup" is `make_lookup_problems()`.
+# Share of problems at each level, per named mix.
+DIFFICULTIES: dict[str, dict[str, float]] = {
+    "two_pattern": {"copy": 0.35, "one_op": 0.15, "lookup": 0.5},
+    "easy": {"copy": 0.7, "one_op": 0.3},
+    "copy": {"copy": 1.0},
+    "one_op": {"one_op": 1.0},
+    "chain": {"chain": 1.0},
+    "lookup": {"lookup": 1.0},
 }
+DEFAULT_DIFFICULTY = "two_pattern"
+# DARTS_SPEC.md §1: Pattern I, length is ineffective verbosity (the targets add self-checks that change nothing);
+# Pattern II, length is effective depth (a lookup answered hop by hop is longer and, for this model, more often right).
+LEVEL_PATTERN = {"copy": "I", "one_op": "I", "chain": "I", "lookup": "II"}
+_MAX_OPS = {"copy": 0, "one_op": 1, "chain": 3}
 
 
-def mixed_problems(num: int, seed: int, difficulty: str = "easy") -> list[dict[str, str]]:
-    """``num`` `bench.tasks` problems in the `DIFFICULTIES` mix named ``difficulty``, deterministic in ``seed``.
+def _level_problems(level: str, num: int, seed: int) -> list[dict[str, str]]:
+    if level == "lookup":
+        return make_lookup_problems(num, seed)
+    return make_problems(num, seed, max_ops=_MAX_OPS[level])
 
-    Each problem's level is drawn from the mix; level ``k`` problems come from ``make_problems(.., seed * 10 + k,
-    max_ops=k)`` in order, so two seeds never share a level's stream.
+
+def mixed_problems(num: int, seed: int, difficulty: str = DEFAULT_DIFFICULTY) -> list[dict[str, str]]:
+    """``num`` problems in the `DIFFICULTIES` mix named ``difficulty``, deterministic in ``seed``, each tagged with its
+    ``pattern`` ("I" or "II", `LEVEL_PATTERN`).
+
+    Each problem's level is drawn from the mix; a level's problems come from its generator seeded with
+    ``seed * 10 + _SEED_SLOTS[level]``, in order, so two seeds never share a level's stream.
     """
     if difficulty not in DIFFICULTIES:
         raise ValueError(f"difficulty={difficulty!r} is unknown; choose one of {sorted(DIFFICULTIES)}")
     rng = random.Random(seed)
     levels, weights = zip(*DIFFICULTIES[difficulty].items())
     drawn = rng.choices(levels, weights=weights, k=num)
-    pools = {k: iter(make_problems(drawn.count(k), seed * 10 + k, max_ops=k)) for k in set(drawn)}
-    return [next(pools[k]) for k in drawn]
+    pools = {k: iter(_level_problems(k, drawn.count(k), seed * 10 + _SEED_SLOTS[k])) for k in set(drawn)}
+    return [{**next(pools[k]), "pattern": LEVEL_PATTERN[k]} for k in drawn]
+
+
+_SEED_SLOTS = {"copy": 0, "one_op": 1, "chain": 3, "lookup": 5}  # the first three keep the seeds of recipe 2
 
 
 # --- targets: reasoning of random length -------------------------------------------------------------------------
@@ -153,6 +171,54 @@ def verbose_target(prompt: str, answer: str, rng: random.Random) -> str:
     return " ".join([opening, *equations, *checks]) + f"\nAnswer: {answer}"
 
 
+_REF = re.compile(r"^(\w+) has as many \w+ as (\w+)\.$")
+_COUNT = re.compile(r"^(\w+) has (\d+) \w+\.$")
+_ASK = re.compile(r"^How many \w+ does (\w+) have\?$")
+STEP_BY_STEP_SHARE = 0.5  # lookup targets written hop by hop; the rest state the count at once
+
+
+def lookup_hops(prompt: str, answer: str) -> tuple[list[str], str]:
+    """The sentences that answer a `make_lookup_problems` prompt, from the asked name back to its count, and the
+    shortcut answer sentence ("Dan has 17 apples."), checked against the label.
+    """
+    sentences = [s.strip() for s in re.findall(r"[^.?]+[.?]", prompt)]
+    refs, counts, asked = {}, {}, None
+    for sentence in sentences:
+        if m := _REF.match(sentence):
+            refs[m.group(1)] = sentence, m.group(2)
+        elif m := _COUNT.match(sentence):
+            counts[m.group(1)] = sentence, m.group(2)
+        elif m := _ASK.match(sentence):
+            asked = m.group(1)
+    if asked is None:
+        raise ValueError(f"lookup problem {prompt!r} asks no 'How many <items> does <name> have?'; update sft.py")
+    hops, name = [], asked
+    while name in refs:
+        sentence, name = refs[name]
+        hops.append(sentence)
+        if len(hops) > len(sentences):
+            raise ValueError(f"lookup problem {prompt!r} has a reference cycle; update local/sft.py")
+    if name not in counts or counts[name][1] != answer:
+        raise ValueError(f"following {prompt!r} does not reach its label {answer}; update local/sft.py")
+    hops.append(counts[name][0])
+    shortcut = hops[-1].replace(f"{name} has", f"{asked} has", 1)
+    return hops, shortcut
+
+
+def lookup_target(prompt: str, answer: str, rng: random.Random) -> str:
+    """A lookup answer: every hop copied from the prompt (share `STEP_BY_STEP_SHARE`), or the count stated at once."""
+    hops, shortcut = lookup_hops(prompt, answer)
+    body = " ".join(hops) if rng.random() < STEP_BY_STEP_SHARE else shortcut
+    return f"{body}\nAnswer: {answer}"
+
+
+def sft_target(problem: dict[str, str], rng: random.Random) -> str:
+    """The supervised answer of a `mixed_problems` problem: `lookup_target` for Pattern II, `verbose_target` else."""
+    if problem["pattern"] == "II":
+        return lookup_target(problem["prompt"], problem["answer"], rng)
+    return verbose_target(problem["prompt"], problem["answer"], rng)
+
+
 # --- model and training ---------------------------------------------------------------------------------------------
 
 MODEL_SHAPE = dict(
@@ -181,23 +247,36 @@ def train_verbose_model(
     batch_size: int = 16,
     seed: int = 0,
     lr: float = 3e-3,
-    difficulty: str = "easy",
+    difficulty: str = DEFAULT_DIFFICULTY,
 ) -> dict:
     """Fine-tune a fresh tiny-verbose model for `steps` AdamW steps and save it to `out_dir`; returns a summary.
 
     Deterministic for a given seed (fixed step count, not a time budget); progress is shown with tqdm.
     """
     import torch
-    from tqdm import tqdm
-    from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps={steps}, batch_size={batch_size}: both must be >= 1")
+    # One thread: at this model size a second thread buys little on an idle machine and, on a busy one, spinning
+    # threads made each step 5x slower (0.4 vs 2.2 steps/s at a load average of 12 on 2 cores).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(out_dir, steps, batch_size, seed, lr, difficulty)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(out_dir, steps: int, batch_size: int, seed: int, lr: float, difficulty: str) -> dict:
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
     torch.manual_seed(seed)
     rng = random.Random(seed)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("tiny"))
     problems = mixed_problems(steps * batch_size, SFT_SEED_OFFSET + seed, difficulty)
-    examples = [_encode(tokenizer, p["prompt"], verbose_target(p["prompt"], p["answer"], rng)) for p in problems]
+    examples = [_encode(tokenizer, p["prompt"], sft_target(p, rng)) for p in problems]
     # Batches of similar lengths, in random order: heavy-tailed targets padded to their batch's longest were half
     # padding, and this halves the step time on CPU.
     examples.sort(key=lambda example: len(example[0]))
