@@ -36,6 +36,7 @@ RECORDED_SOURCE_HASHES = {
     "openrlhf.trainer.ppo_trainer.PPOTrainer.fit": "e73798a6309d024d",
     "openrlhf.trainer.ppo_trainer.BasePPOTrainer.save_logs_and_checkpoints": "0ea42915023820ea",
     "openrlhf.cli.train_ppo_ray.train": "b0047c66d0497de6",
+    "openrlhf.trainer.ppo_utils.samples_generator.SamplesGenerator.generate_eval_samples": "d5b5ff27b1a7e157",
 }
 
 # Keys of one response dict from SingleTurnAgentExecutor.execute (openrlhf/utils/agent.py, 0.11.2), which
