@@ -47,7 +47,7 @@ from openrlhf_darts.models import default_cache_dir, resolve_model
 logger = logging.getLogger(__name__)
 
 DIR_NAME = "tiny-verbose-2p"  # two-pattern recipe; "tiny-verbose" held recipe 2 (Pattern I only)
-_RECIPE_VERSION = 3  # bump when targets, model shape, problem mix or training change, so stale caches rebuild
+_RECIPE_VERSION = 4  # bump when targets, model shape, problem mix or training change, so stale caches rebuild
 _STAMP = ".openrlhf_darts_sft.json"
 SFT_SEED_OFFSET = 10_000  # SFT problems use seeds far from the RL prompts' seeds
 
@@ -171,42 +171,41 @@ def verbose_target(prompt: str, answer: str, rng: random.Random) -> str:
     return " ".join([opening, *equations, *checks]) + f"\nAnswer: {answer}"
 
 
-_REF = re.compile(r"^(\w+) has as many \w+ as (\w+)\.$")
-_COUNT = re.compile(r"^(\w+) has (\d+) \w+\.$")
-_ASK = re.compile(r"^How many \w+ does (\w+) have\?$")
-STEP_BY_STEP_SHARE = 0.5  # lookup targets written hop by hop; the rest state the count at once
+_REF = re.compile(r"^([A-Z]) = ([A-Z])\.$")
+_VALUE = re.compile(r"^([A-Z]) = (\d+)\.$")
+_ASK = re.compile(r"^What is ([A-Z])\?$")
+STEP_BY_STEP_SHARE = 0.5  # lookup targets written hop by hop; the rest state the value at once
 
 
 def lookup_hops(prompt: str, answer: str) -> tuple[list[str], str]:
-    """The sentences that answer a `make_lookup_problems` prompt, from the asked name back to its count, and the
-    shortcut answer sentence ("Dan has 17 apples."), checked against the label.
+    """The sentences that answer a `make_lookup_problems` prompt, from the asked variable back to its value, and the
+    shortcut answer sentence ("D = 17."), checked against the label.
     """
     sentences = [s.strip() for s in re.findall(r"[^.?]+[.?]", prompt)]
-    refs, counts, asked = {}, {}, None
+    refs, values, asked = {}, {}, None
     for sentence in sentences:
         if m := _REF.match(sentence):
             refs[m.group(1)] = sentence, m.group(2)
-        elif m := _COUNT.match(sentence):
-            counts[m.group(1)] = sentence, m.group(2)
+        elif m := _VALUE.match(sentence):
+            values[m.group(1)] = sentence, m.group(2)
         elif m := _ASK.match(sentence):
             asked = m.group(1)
     if asked is None:
-        raise ValueError(f"lookup problem {prompt!r} asks no 'How many <items> does <name> have?'; update sft.py")
+        raise ValueError(f"lookup problem {prompt!r} asks no 'What is <variable>?'; update local/sft.py")
     hops, name = [], asked
     while name in refs:
         sentence, name = refs[name]
         hops.append(sentence)
         if len(hops) > len(sentences):
             raise ValueError(f"lookup problem {prompt!r} has a reference cycle; update local/sft.py")
-    if name not in counts or counts[name][1] != answer:
+    if name not in values or values[name][1] != answer:
         raise ValueError(f"following {prompt!r} does not reach its label {answer}; update local/sft.py")
-    hops.append(counts[name][0])
-    shortcut = hops[-1].replace(f"{name} has", f"{asked} has", 1)
-    return hops, shortcut
+    hops.append(values[name][0])
+    return hops, f"{asked} = {answer}."
 
 
 def lookup_target(prompt: str, answer: str, rng: random.Random) -> str:
-    """A lookup answer: every hop copied from the prompt (share `STEP_BY_STEP_SHARE`), or the count stated at once."""
+    """A lookup answer: every hop copied from the prompt (share `STEP_BY_STEP_SHARE`), or the value stated at once."""
     hops, shortcut = lookup_hops(prompt, answer)
     body = " ".join(hops) if rng.random() < STEP_BY_STEP_SHARE else shortcut
     return f"{body}\nAnswer: {answer}"

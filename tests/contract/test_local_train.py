@@ -162,17 +162,16 @@ def test_lookup_problems_and_the_two_pattern_mix():
     assert problems == make_lookup_problems(200, seed=3) and problems != make_lookup_problems(200, seed=4)
     for problem in problems:
         sentences = re.findall(r"[^.?]+[.?]", problem["prompt"])
-        subjects = [s.split()[0] for s in sentences if " has " in s]
-        counts = [int(m) for m in re.findall(r" has (\d+) ", problem["prompt"])]
-        # Default sizes: 1 + 2 distractor counts, all different, each name the subject of one sentence; the answer is
-        # one of the counts (a guess among them is right 1 time in 3).
-        assert len(subjects) == len(set(subjects)) and len(counts) == len(set(counts)) == 3
-        assert int(problem["answer"]) in counts
+        defined = [s.split()[0] for s in sentences if " = " in s]
+        values = [int(v) for v in re.findall(r" = (\d+)\.", " " + problem["prompt"])]
+        # Default sizes: 1 + 2 distractor values, all different, each variable defined once; the answer is one of the
+        # values (a guess among them is right 1 time in 3).
+        assert len(defined) == len(set(defined)) and len(values) == len(set(values)) == 3
+        assert int(problem["answer"]) in values
         hops, shortcut = lookup_hops(problem["prompt"], problem["answer"])
-        # 2 or 3 references and the count they lead to, each copied verbatim from the prompt.
+        # 2 or 3 references and the value they lead to, each copied verbatim from the prompt.
         assert len(hops) in (3, 4) and all(f" {hop}" in f" {problem['prompt']}" for hop in hops)
-        item = hops[-1].split()[-1]
-        assert hops[-1].split(" has ")[1] == shortcut.split(" has ")[1] == f"{problem['answer']} {item}"
+        assert hops[-1].endswith(f" = {problem['answer']}.") and shortcut == f"{hops[0][0]} = {problem['answer']}."
     with pytest.raises(ValueError, match="does not reach its label 999"):
         lookup_hops(problems[0]["prompt"], "999")
     with pytest.raises(ValueError, match="hops=\\(0,\\)"):
@@ -180,12 +179,12 @@ def test_lookup_problems_and_the_two_pattern_mix():
 
     # The two-pattern mix: half lookups (Pattern II); 400 draws, sd 10, so 200 +- 40.
     mix = mixed_problems(400, seed=0)
-    assert all((p["pattern"] == "II") == (" as many " in p["prompt"]) for p in mix)
+    assert all((p["pattern"] == "II") == (" = " in p["prompt"]) for p in mix)
     assert 160 <= sum(p["pattern"] == "II" for p in mix) <= 240
     rng = random.Random(0)
     targets = [(p, sft_target(p, rng)) for p in mix if p["pattern"] == "II"]
     for problem, target in targets:
         assert extract_answer(target) == problem["answer"]
-    # About half the lookup targets are written hop by hop (STEP_BY_STEP_SHARE = 0.5), the rest state the count.
-    step_by_step = sum(" as many " in target for _, target in targets)
+    # About half the lookup targets are written hop by hop (STEP_BY_STEP_SHARE = 0.5), the rest state the value.
+    step_by_step = sum(target.count(" = ") > 1 for _, target in targets)
     assert 0.35 * len(targets) <= step_by_step <= 0.65 * len(targets)
