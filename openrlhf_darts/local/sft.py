@@ -1,28 +1,47 @@
-"""The verbosity task's starting policy: a tiny Qwen2 fine-tuned to solve easy word problems at random lengths.
+"""The local task's starting policy: a tiny Qwen2 fine-tuned on a two-pattern task (DARTS_SPEC.md §1, §4).
 
 Why: a random model's lengths say nothing about reasoning, and SmolLM2 is slow on two cores. DARTS shapes
-*intra-prompt* length spread, so the local demo needs a policy that (a) answers `bench.tasks` problems in the reward's
-format, sometimes correctly, and (b) for the same prompt sometimes answers tersely and sometimes re-checks its work
-many times. A minute or two of supervised training on targets with a heavy-tailed number of self-check sentences gives
-both:
+*intra-prompt* length spread, and its case rests on two kinds of length, so the local task carries both, each problem
+tagged with its pattern (`mixed_problems(...)["pattern"]`):
 
-    Start with 47 cookies. 47 + 6 = 53. Let me check: 47 + 6 = 53. Yes. So far so good. ...
-    Answer: 53
+- **Pattern I, ineffective verbosity** ("copy" and "one_op" levels: "Ava has 17 apples. How many apples does Ava
+  have?", or one one-digit step): the answer comes with 0-14 self-check sentences whose number is drawn per target
+  (about half 0-1, a third 2-5, the rest 6-14), independent of the prompt, and changes nothing:
 
-GRPO learns only from groups whose rewards differ, so the problems must sit where this model is right part of the
-time. Chains of one to three operations (`bench.tasks`' default) are out of reach of 0.4 M parameters trained for a
-minute: reward was 0 on almost every sample. `DIFFICULTIES` names problem mixes; "easy", the default for both this
-fine-tuning and the local RL prompts, is mostly copy problems ("Ava has 17 apples. How many apples does Ava have?")
-and some one-digit additions and subtractions, meant to be answered right part of the time at temperature 1.0. 150
-steps were not enough (the model had the format but guessed the number: sampled accuracy about 0.03); 1,500 steps
-(about 3 minutes on an idle 2-core machine) copy the number most of the time: on 12 "easy" problems, greedy accuracy
-0.67 and sampled (temperature 1.0) 0.60, so most GRPO groups mix right and wrong answers.
+      Start with 47 cookies. 47 + 6 = 53. Let me check: 47 + 6 = 53. Yes. So far so good. ...
+      Answer: 53
 
-The number of checks is drawn per target (about half 0-1, a third 2-5, the rest 6-14), independent of the prompt, so
-every prompt inherits the same long tail. Loss covers response tokens only. The model reuses the tiny model's tokenizer
-and chat template with a slightly larger body (hidden 96, 3 layers, head size 32 for vLLM's CPU attention), about 0.4 M
-parameters. Built once and cached under ``<cache>/tiny-verbose`` (stamped like the other local models); the same seed
-and recipe give the same weights.
+- **Pattern II, effective depth** ("lookup" level, `bench.tasks.make_lookup_problems`: "A = 17. C = 23. B = A.
+  D = B. E = C. What is D?"): half the targets write every hop, copied from the prompt ("D = B. B = A. A = 17."),
+  the other half state the value at once ("D = 17."). A hop is one short copy; stating the value at once means
+  resolving 2-3 references in one forward pass, which a 3-layer model can only guess (1 in 3 values).
+
+The default mix ("two_pattern") is half lookups, 35% copy and 15% one-step problems. Chains of arithmetic operations
+("chain") are out of reach of 0.4 M parameters trained for minutes (reward about 0), so they are not in it.
+
+The model reuses the tiny model's tokenizer and chat template with a slightly larger body (hidden 96, 3 layers, head
+size 32 for vLLM's CPU attention), about 0.4 M parameters; loss on response tokens only; 1,500 AdamW steps of 16, one
+torch thread (a busy machine made two threads 5x slower). Built once and cached under ``<cache>/tiny-verbose-2p``
+(stamped like the other local models; recipe 2, Pattern I only, was ``tiny-verbose``); the same seed and recipe give
+the same weights.
+
+Measured on a shared 2-core machine (load average 8-30), Hugging Face sampling at temperature 1, 100 held-out problems
+per pattern x 4 samples (`bench.dynamics` measures the same with vLLM at step 0 of every run):
+
+| recipe | first-time SFT | pattern | right | length mean / p90 | corr(length, right) | mixed groups | hop by hop |
+|---|---|---|---|---|---|---|---|
+| 3: names ("Ben has as many apples as Ava.") | 702 s, 441 CPU-s | I | 0.710 | 84.6 / 193 | -0.238 | 0.13 | |
+| | | II | 0.107 | 49.6 / 98 | 0.001 | 0.32 | 42%, right 0.112 |
+| 4 (this one): single-letter variables | 444 s, 294 CPU-s | I | 0.158 | 73.9 / 182 | -0.056 | 0.37 | |
+| | | II | 0.035 | 23.8 / 37 | 0.013 | 0.13 | 41%, right 0.042 |
+
+("mixed groups": prompts whose 4 samples hold both right and wrong answers; "hop by hop": share of Pattern II answers
+written hop by hop and their accuracy; the answers that state a value at once were right 0.104 and 0.030 of the time.)
+
+**Not yet what the benchmark needs.** In neither recipe did the model learn to copy a hop: writing the hops is no
+more often right than stating a value at once, so Pattern II shows no length-accuracy relation yet; recipe 4 also lost
+most of recipe 3's Pattern I accuracy. (Names spelled letter by letter by this tokenizer put the subject a dozen
+tokens before the name to copy; single letters make it three, but 1,500 steps were still not enough.)
 
 Run it alone: ``python -m openrlhf_darts.local.sft [--steps N] [--cache_dir DIR]``.
 """
