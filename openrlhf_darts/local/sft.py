@@ -34,14 +34,20 @@ per pattern x 4 samples (`bench.dynamics` measures the same with vLLM at step 0 
 | | | II | 0.107 | 49.6 / 98 | 0.001 | 0.32 | 42%, right 0.112 |
 | 4 (this one): single-letter variables | 444 s, 294 CPU-s | I | 0.158 | 73.9 / 182 | -0.056 | 0.37 | |
 | | | II | 0.035 | 23.8 / 37 | 0.013 | 0.13 | 41%, right 0.042 |
+| 4 with 3,000 steps | 834 s, 626 CPU-s | I | 0.610 | 56.6 / 122 | -0.090 | 0.30 | |
+| | | II | 0.075 | 22.8 / 37 | -0.011 | 0.25 | 40%, right 0.070 |
 
 ("mixed groups": prompts whose 4 samples hold both right and wrong answers; "hop by hop": share of Pattern II answers
-written hop by hop and their accuracy; the answers that state a value at once were right 0.104 and 0.030 of the time.)
+written hop by hop and their accuracy; the answers that state a value at once were right 0.104, 0.030 and 0.079 of
+the time.)
 
 **Not yet what the benchmark needs.** In neither recipe did the model learn to copy a hop: writing the hops is no
 more often right than stating a value at once, so Pattern II shows no length-accuracy relation yet; recipe 4 also lost
-most of recipe 3's Pattern I accuracy. (Names spelled letter by letter by this tokenizer put the subject a dozen
-tokens before the name to copy; single letters make it three, but 1,500 steps were still not enough.)
+most of recipe 3's Pattern I accuracy at 1,500 steps (3,000 steps bring it back to 0.61, not the hops). Names spelled
+letter by letter by this tokenizer put the subject a dozen tokens before the name to copy; single letters make it
+three, but the model still did not learn the copy: greedy, given the first two tokens of a hop ("C ="), it wrote a
+number in 40 of 40 held-out lookups (3,000-step model). Candidates for the next recipe: a larger body, a curriculum of
+one-hop lookups first, or hops whose key and value sit on adjacent tokens.
 
 Run it alone: ``python -m openrlhf_darts.local.sft [--steps N] [--cache_dir DIR]``.
 """
