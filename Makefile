@@ -6,8 +6,12 @@ export HYPOTHESIS_PROFILE ?= ci
 setup:
 	bash scripts/setup_cpu.sh
 
+# The main job: bench.dynamics scaled to about 15 minutes on 2 cores, first-time fine-tuning included (README).
+MAIN_JOB := --arms baseline,darts_uniform --seeds 2 --steps 20 --prompts-per-step 8 --n 8 --eval-every 10 \
+	--eval-size 64 --eval-samples 2 --out runs/main_job
+
 run: setup
-	$(PY) -m openrlhf_darts.local.compare
+	$(PY) -m openrlhf_darts.bench.dynamics $(MAIN_JOB)
 
 test: setup
 	$(PY) -m pytest tests -q -rs

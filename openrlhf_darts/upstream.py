@@ -441,7 +441,9 @@ BEHAVIOUR_PINNED += (
     "openrlhf.trainer.ppo_trainer.PPOTrainer.__init__",
     "openrlhf.trainer.ppo_trainer.BasePPOTrainer.__init__",
     # Per step: status gets timing/step_total, then save_logs_and_checkpoints(step, status, client_states); before
-    # the first step restore_best_checkpoint_state(loaded states).
+    # the first step restore_best_checkpoint_state(loaded states). train_step(samples, step) follows the rollout
+    # directly and evaluate(step, **kwargs) comes after save_logs_and_checkpoints: local/trainer.py reads the engine
+    # counters at these points.
     "openrlhf.trainer.ppo_trainer.PPOTrainer.fit",
     # Logs logs_dict and stores client_states in the actor checkpoint.
     "openrlhf.trainer.ppo_trainer.BasePPOTrainer.save_logs_and_checkpoints",
@@ -455,6 +457,35 @@ BEHAVIOUR_PINNED += (
     "openrlhf.trainer.ppo_utils.experience_maker.RemoteExperienceMaker._dispatch_forward",
 )
 
+
+
+# --- local CPU mode's evaluation and engine counters (local/trainer.py) --------------------------------------------
+def compute_eval_metrics(eval_dataloader, samples_list, n_samples_per_prompt: int) -> dict:
+    """Upstream's `eval_*` metrics (pass@n, pass1, lengths per datasource) of evaluation samples, as its `evaluate`
+    computes them; the local trainer's evaluation returns these so upstream's best-checkpoint logic is unchanged."""
+    from openrlhf.trainer import ppo_trainer
+
+    return ppo_trainer.compute_eval_metrics(eval_dataloader, samples_list, n_samples_per_prompt)
+
+
+CONTRACT.update(
+    {
+        "openrlhf.trainer.ppo_trainer.compute_eval_metrics": (
+            "eval_dataloader",
+            "samples_list",
+            "n_samples_per_prompt",
+        ),
+        "openrlhf.trainer.ppo_trainer.PPOTrainer.fit": ("global_step",),
+        "openrlhf.trainer.ppo_trainer.PPOTrainer.train_step": ("rollout_samples", "global_step"),
+        "openrlhf.trainer.ppo_trainer.PPOTrainer.evaluate": ("global_step",),
+        "openrlhf.trainer.ppo_utils.samples_generator.SamplesGenerator.generate_eval_samples": (),
+    }
+)
+BEHAVIOUR_PINNED += (
+    # Runs the whole eval dataloader through _generate_vllm with the generate kwargs it is given (temperature,
+    # n_samples_per_prompt) and no dynamic filtering, so the local evaluation can call it twice at two temperatures.
+    "openrlhf.trainer.ppo_utils.samples_generator.SamplesGenerator.generate_eval_samples",
+)
 
 # --- local CPU mode (openrlhf_darts.local) ---------------------------------------------------------------------------
 # Module globals `openrlhf.cli.train_ppo_ray` binds when it runs as __main__ (its imports read them at that moment) or

@@ -28,15 +28,17 @@ exact-answer rule, or the dataset's own scorer); or ``--prompts FILE.jsonl``, us
 
 A short warm-up generate runs first, and the prefix cache is reset before each variant, so no variant starts warmer.
 
-**Decode steps** (the figure to judge speed by on CPU, where wall time tracks total tokens): the largest number of
-tokens any request of the batch decoded, aborted candidates counted at their partial length. When every request of the
-batch is admitted at once (checked: ``all_admitted`` compares the requests and their KV blocks with the engine's
-``max_num_seqs`` and KV cache) and they all start in the same step, this equals the number of engine decode steps until
-the batch is done.
-**Oracle decode steps**: the earliest the batch could be done given the recorded candidate lengths: per prompt, the max
-length for ``baseline`` and ``dual_end``, and the n-th shortest valid length for ``shortest_only`` (the max when fewer
-than n are valid); the batch's oracle is the largest over its prompts; for ``tail_batching`` the largest over its B
-kept groups (the B-th completion). Measured minus oracle is the abort latency.
+**Engine iterations**: the engine steps that sampled a token while the variant ran, counted by vLLM itself in the
+engine actor (`rollout/engine_counters.py`). This is how many decode steps the rollout took, whatever the engine admits
+at once.
+**Longest request**: the largest number of tokens any request of the batch decoded, aborted candidates counted at their
+partial length. It equals the engine iterations only when every request is admitted at once and all start in the same
+step (``all_admitted`` compares the requests and their KV blocks with the engine's ``max_num_seqs`` and KV cache);
+otherwise the engine needs more iterations than that.
+**Oracle longest request**: the longest request the batch would have needed given the recorded candidate lengths: per
+prompt, the max length for ``baseline`` and ``dual_end``, and the n-th shortest valid length for ``shortest_only`` (the
+max when fewer than n are valid); the batch's oracle is the largest over its prompts; for ``tail_batching`` the
+largest over its B kept groups (the B-th completion). Longest minus oracle is the abort latency.
 
 **Tiny model.** Its weights are random and it rarely emits EOS, so by default 16 ordinary tokens are added as extra
 stop tokens (``--extra-stop-tokens``; ``stop_token_ids`` in every request of every variant) to get a realistic spread
@@ -239,7 +241,8 @@ def run_variant(
     max_length: int,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Dispatch every prompt at once (one Ray call each) and wait for all; returns per-prompt groups and wall time.
+    """Dispatch every prompt at once (one Ray call each) and wait for all; returns per-prompt groups, wall time and
+    the engine's iterations during the variant.
 
     Each group is ``{"lengths", "truncated", "aborted", "kept", "rewards"}`` in candidate-index order; the baseline's
     lengths come from its responses, DARTS lengths from ``pop_group_outcomes()`` (checked against the kept responses).
@@ -252,6 +255,7 @@ def run_variant(
         if stale:
             raise RuntimeError(f"engine holds {len(stale)} group outcomes from an earlier call; pop them first")
     ray.get(engine.reset_prefix_cache.remote())
+    iterations_before = ray.get(engine.engine_iterations.remote())
     start = time.perf_counter()
     refs = []
     for index, (prompt, label) in enumerate(zip(prompts, labels, strict=True)):
@@ -271,6 +275,7 @@ def run_variant(
                 responses[position[ref]] = ray.get(ref)
                 bar.update(1)
     wall_s = time.perf_counter() - start
+    engine_iterations = ray.get(engine.engine_iterations.remote()) - iterations_before
     if ray.get(engine.get_num_unfinished_requests.remote()) != 0:
         raise RuntimeError(f"variant {name} left unfinished requests in the engine")
 
@@ -305,7 +310,7 @@ def run_variant(
                     "rewards": [_reward(r) for r in group],
                 }
             )
-    return {"wall_s": wall_s, "groups": groups}
+    return {"wall_s": wall_s, "engine_iterations": engine_iterations, "groups": groups}
 
 
 def run_tail_variant(
@@ -326,6 +331,7 @@ def run_tail_variant(
     from tqdm import tqdm
 
     ray.get(engine.reset_prefix_cache.remote())
+    iterations_before = ray.get(engine.engine_iterations.remote())
     start = time.perf_counter()
     refs = [
         engine.generate_tail_group.remote(
@@ -345,6 +351,7 @@ def run_tail_variant(
             bar.update(1)
     ray.get(engine.abort_tail_groups.remote([position[ref] for ref in pending]))
     wall_s = time.perf_counter() - start
+    engine_iterations = ray.get(engine.engine_iterations.remote()) - iterations_before
     for ref in pending:
         records[position[ref]] = ray.get(ref)
     if ray.get(engine.get_num_unfinished_requests.remote()) != 0:
@@ -374,7 +381,7 @@ def run_tail_variant(
                     "rewards": [],
                 }
             )
-    return {"wall_s": wall_s, "groups": groups, "kept_prompts": kept}
+    return {"wall_s": wall_s, "engine_iterations": engine_iterations, "groups": groups, "kept_prompts": kept}
 
 
 def _reward(response: dict) -> float | None:
@@ -434,8 +441,9 @@ def summarize(run: dict[str, Any], n: int, shortest_only: bool, batch: int | Non
     return {
         "candidates": len(all_lengths),
         "wall_s": run["wall_s"],
-        "decode_steps": max(all_lengths),
-        "oracle_decode_steps": max(oracles),
+        "engine_iterations": run["engine_iterations"],
+        "longest_request": max(all_lengths),
+        "oracle_longest_request": max(oracles),
         "tokens_generated": generated,
         "tokens_kept": kept,
         "tokens_wasted": generated - kept,
@@ -526,8 +534,9 @@ def run_benchmark(
         base = report["variants"]["baseline"]["stats"]
         report["ratios_vs_baseline"] = {
             name: {
-                "decode_steps": v["stats"]["decode_steps"] / base["decode_steps"],
-                "oracle_decode_steps": v["stats"]["oracle_decode_steps"] / base["oracle_decode_steps"],
+                "engine_iterations": v["stats"]["engine_iterations"] / base["engine_iterations"],
+                "longest_request": v["stats"]["longest_request"] / base["longest_request"],
+                "oracle_longest_request": v["stats"]["oracle_longest_request"] / base["oracle_longest_request"],
                 "wall_s": v["stats"]["wall_s"] / base["wall_s"],
                 "tokens_generated": v["stats"]["tokens_generated"] / base["tokens_generated"],
                 "kept_length_mean": v["stats"]["kept_length"]["mean"] / base["kept_length"]["mean"],
@@ -581,10 +590,11 @@ def format_table(report: dict[str, Any]) -> str:
         row("prompts launched / kept", [f"{stats[m]['prompts_launched']}/{stats[m]['prompts_kept']}" for m in names])
     )
     lines.append(row("wall time (s)", [f"{stats[m]['wall_s']:.2f}" for m in names]))
-    lines.append(row("decode steps (longest request)", [str(stats[m]["decode_steps"]) for m in names]))
+    lines.append(row("engine iterations (vLLM's count)", [str(stats[m]["engine_iterations"]) for m in names]))
     if ratios:
-        lines.append(row("  ratio vs baseline", [f"{ratios[m]['decode_steps']:.3f}" for m in names]))
-    lines.append(row("oracle decode steps", [str(stats[m]["oracle_decode_steps"]) for m in names]))
+        lines.append(row("  ratio vs baseline", [f"{ratios[m]['engine_iterations']:.3f}" for m in names]))
+    lines.append(row("longest request (tokens)", [str(stats[m]["longest_request"]) for m in names]))
+    lines.append(row("oracle longest request (tokens)", [str(stats[m]["oracle_longest_request"]) for m in names]))
     lines.append(row("all requests admitted at once", ["yes" if stats[m]["all_admitted"] else "NO" for m in names]))
     lines.append(row("tokens generated", [str(stats[m]["tokens_generated"]) for m in names]))
     lines.append(row("tokens kept", [str(stats[m]["tokens_kept"]) for m in names]))
@@ -621,7 +631,7 @@ def plot_lengths(report: dict[str, Any], path: str | os.PathLike) -> None:
         ax.hist(all_lengths, bins=bins, range=(0, top), alpha=0.5, label=f"all ({len(all_lengths)})")
         ax.hist(kept, bins=bins, range=(0, top), alpha=0.7, label=f"kept ({len(kept)})")
         stats = report["variants"][name]["stats"]
-        ax.axvline(stats["decode_steps"], color="k", linestyle="--", linewidth=1, label="decode steps")
+        ax.axvline(stats["longest_request"], color="k", linestyle="--", linewidth=1, label="longest request")
         ax.set_title(f"{name}: {report['variants'][name]['plan']['num_candidates']} cand./prompt")
         ax.set_xlabel("response length (tokens)")
         ax.legend(fontsize=8)
@@ -769,8 +779,10 @@ def prepare(args: argparse.Namespace):
             if stop_ids
             else "none"
         ),
-        "decode_steps_definition": "largest number of tokens any request of the batch decoded (aborted: partial); "
-        "equals engine decode steps when all requests are admitted at once (all_admitted)",
+        "engine_iterations_definition": "engine steps that sampled a token during the variant, counted by vLLM in "
+        "the engine actor (vllm:iteration_tokens_total)",
+        "longest_request_definition": "largest number of tokens any request of the batch decoded (aborted: partial); "
+        "equals the engine iterations only when all requests are admitted at once (all_admitted)",
         "oracle_definition": "max over prompts of: max candidate length (baseline, dual_end) or the n-th shortest "
         "valid length (shortest_only); tail_batching: max over its kept groups of their max length",
         "engine_env": env,

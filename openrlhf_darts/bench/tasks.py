@@ -4,12 +4,16 @@ Why: our machines reach no dataset hub, and a rollout benchmark needs prompts wh
 and (b) invite reasoning of varying length. Problems chain one to three operations on small integers, so the labels are
 exact integers and longer chains invite longer answers.
 
-Three public pieces:
+Public pieces:
 - ``make_problems(num, seed, max_ops=3)`` -> ``[{"prompt": str, "answer": str}, ...]``; the prompt is plain text
   (render it through a chat template yourself), the answer an integer as a string. Same seed, same problems.
   ``max_ops`` sets the difficulty: 0 gives "copy" problems (the answer is the number the prompt states), 1 one small
   addition or subtraction, 2 or more chains of one to ``max_ops`` operations of every kind (the default, 3, is the
   original task). Easier levels exist for policies too small to solve chains, such as the local demo's tiny model.
+- ``make_lookup_problems(num, seed, hops=(2, 3))`` -> the same dicts: multi-hop lookups with distractors ("A = 17.
+  C = 23. B = A. D = B. E = C. What is D?"), where the answer is the value at the end of a chain of ``hops``
+  references and the prompt states other values too. Writing each hop is a copy from the prompt; stating the
+  answer at once means resolving every hop in one go (the two-pattern task's depth pattern, ``local.sft``).
 - ``extract_answer(text)`` -> the final answer a response states, normalised (``"1,200"`` -> ``"1200"``), or None.
 - ``reward_func(queries, prompts, labels)``: OpenRLHF's ``--reward.remote_url file.py`` contract. ``queries`` are the
   decoded prompt + response, ``labels`` the answers; returns ``{"rewards", "scores", "extra_logs"}`` with tensors of
@@ -33,7 +37,7 @@ import re
 from pathlib import Path
 
 __all__ = [
-    "ANSWER_INSTRUCTION", "BUILTIN", "TASK_FLAG_HELP", "check_task", "extract_answer", "make_problems",
+    "ANSWER_INSTRUCTION", "BUILTIN", "TASK_FLAG_HELP", "check_task", "extract_answer", "make_lookup_problems", "make_problems",
     "response_part", "reward_file", "reward_func", "task_problems",
 ]  # fmt: skip
 
@@ -114,6 +118,52 @@ def make_problems(num: int, seed: int = 0, max_ops: int = 3) -> list[dict[str, s
                 sentences.append(sentence)
         sentences.append(f"How many {item} does {name} have now?")
         problems.append({"prompt": " ".join(sentences) + " " + ANSWER_INSTRUCTION, "answer": str(value)})
+    return problems
+
+
+_VARIABLES = tuple("ABCDEFGHJKLMNPQRSTUVWXYZ")  # one token each in the tiny models' tokenizer
+
+
+def make_lookup_problems(
+    num: int, seed: int = 0, hops: tuple[int, ...] = (2, 3), distractor_counts: int = 2, distractor_refs: int = 1
+) -> list[dict[str, str]]:
+    """``num`` multi-hop lookup problems, deterministic in ``seed`` and the sizes.
+
+    Each problem states ``1 + distractor_counts`` values ("A = 17.", all different), a chain of ``h`` references from
+    the asked variable back to one of them ("D = B. B = A."), with ``h`` drawn from ``hops``, and ``distractor_refs``
+    references to the other values; the sentences come in random order, then the question ("What is D?") and
+    ``ANSWER_INSTRUCTION``. Every variable is defined once, so the chain is unique. A reader who follows the references
+    one at a time copies each hop from the prompt; one who states a number at once picks one of the
+    ``1 + distractor_counts`` values. Variables are single capital letters: one token each for the tiny models, whose
+    tokenizer spells most names letter by letter, so a hop is a short copy rather than a long-range match.
+    """
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        raise ValueError(f"num={num!r} is not a positive int; ask for at least one problem")
+    if not hops or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hops):
+        raise ValueError(f"hops={hops!r} must be a non-empty tuple of ints >= 1 (references from the asked variable)")
+    if distractor_counts < 0 or distractor_refs < 0 or (distractor_refs and not distractor_counts):
+        raise ValueError(
+            f"distractor_counts={distractor_counts}, distractor_refs={distractor_refs}: both must be >= 0, and "
+            "distractor references need a distractor value to point at"
+        )
+    names_needed = max(hops) + 1 + distractor_counts + distractor_refs
+    if names_needed > len(_VARIABLES):
+        raise ValueError(f"a problem needs {names_needed} variables but only {len(_VARIABLES)} exist; use fewer hops")
+    rng = random.Random(seed)
+    problems = []
+    for _ in range(num):
+        depth = rng.choice(hops)
+        names = rng.sample(_VARIABLES, depth + 1 + distractor_counts + distractor_refs)
+        values = rng.sample(range(5, 61), 1 + distractor_counts)
+        chain, others = names[: depth + 1], names[depth + 1 :]
+        sentences = [f"{chain[0]} = {values[0]}."]
+        sentences += [f"{chain[i]} = {chain[i - 1]}." for i in range(1, depth + 1)]
+        roots = others[:distractor_counts]
+        sentences += [f"{name} = {value}." for name, value in zip(roots, values[1:])]
+        sentences += [f"{name} = {rng.choice(roots)}." for name in others[distractor_counts:]]
+        rng.shuffle(sentences)
+        question = f"What is {chain[-1]}?"
+        problems.append({"prompt": " ".join([*sentences, question, ANSWER_INSTRUCTION]), "answer": str(values[0])})
     return problems
 
 

@@ -76,7 +76,7 @@ def compare(
         rows[name] = {
             "requests": requests,
             "runs": len(runs),
-            "decode_steps": [run["stats"]["decode_steps"] for run in runs],
+            "engine_iterations": [run["stats"]["engine_iterations"] for run in runs],
             "tokens_generated": sum(run["stats"]["tokens_generated"] for run in runs),
             "measured_s": sum(measured),
             "simulated_s": sum(simulated),

@@ -2,7 +2,7 @@
 prompts file. `python -m openrlhf_darts.local.inputs --out_dir DIR --problems N` writes `DIR/problems.jsonl` and
 prints, as its last line, `<model folder><TAB><problems file>`; examples/scripts/common_smoke_cpu.sh reads that line.
 
-The problems are `local.sft.mixed_problems` (`bench.tasks` arithmetic word problems, "easy" mix by default) as
+The problems are `local.sft.mixed_problems` (`bench.tasks` problems, the `local.sft.DEFAULT_DIFFICULTY` mix by default) as
 `{"prompt", "label"}` lines, the keys `--data.input_key prompt --data.label_key label` name; the reward for them is the
 exact-answer rule in `bench/tasks.py` (`--reward.remote_url`). `--model`: tiny-verbose (`local.compare`'s default,
 `local.sft`; built and cached on first use, a few CPU minutes), or what `models.resolve_model` takes (tiny, smollm2, a
@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from openrlhf_darts.local.sft import DIFFICULTIES, mixed_problems
+from openrlhf_darts.local.sft import DEFAULT_DIFFICULTY, DIFFICULTIES, mixed_problems
 
 
 def policy_path(model: str) -> str:
@@ -29,7 +29,7 @@ def policy_path(model: str) -> str:
     return resolve_model(model)
 
 
-def write_problems(path: str | Path, num: int, seed: int, difficulty: str = "easy") -> Path:
+def write_problems(path: str | Path, num: int, seed: int, difficulty: str = DEFAULT_DIFFICULTY) -> Path:
     """Write `num` problems of the `difficulty` mix as `{"prompt", "label"}` JSONL lines to `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--problems", type=int, required=True, help="how many prompts (steps x prompts per step)")
     parser.add_argument("--model", default="tiny-verbose", help="tiny-verbose (default), smollm2, tiny, or a folder")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--difficulty", choices=sorted(DIFFICULTIES), default="easy")
+    parser.add_argument("--difficulty", choices=sorted(DIFFICULTIES), default=DEFAULT_DIFFICULTY)
     args = parser.parse_args(argv)
     if args.problems < 1:
         raise ValueError(f"--problems={args.problems} must be >= 1")

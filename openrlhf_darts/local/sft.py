@@ -1,28 +1,53 @@
-"""The verbosity task's starting policy: a tiny Qwen2 fine-tuned to solve easy word problems at random lengths.
+"""The local task's starting policy: a tiny Qwen2 fine-tuned on a two-pattern task (DARTS_SPEC.md §1, §4).
 
 Why: a random model's lengths say nothing about reasoning, and SmolLM2 is slow on two cores. DARTS shapes
-*intra-prompt* length spread, so the local demo needs a policy that (a) answers `bench.tasks` problems in the reward's
-format, sometimes correctly, and (b) for the same prompt sometimes answers tersely and sometimes re-checks its work
-many times. A minute or two of supervised training on targets with a heavy-tailed number of self-check sentences gives
-both:
+*intra-prompt* length spread, and its case rests on two kinds of length, so the local task carries both, each problem
+tagged with its pattern (`mixed_problems(...)["pattern"]`):
 
-    Start with 47 cookies. 47 + 6 = 53. Let me check: 47 + 6 = 53. Yes. So far so good. ...
-    Answer: 53
+- **Pattern I, ineffective verbosity** ("copy" and "one_op" levels: "Ava has 17 apples. How many apples does Ava
+  have?", or one one-digit step): the answer comes with 0-14 self-check sentences whose number is drawn per target
+  (about half 0-1, a third 2-5, the rest 6-14), independent of the prompt, and changes nothing:
 
-GRPO learns only from groups whose rewards differ, so the problems must sit where this model is right part of the
-time. Chains of one to three operations (`bench.tasks`' default) are out of reach of 0.4 M parameters trained for a
-minute: reward was 0 on almost every sample. `DIFFICULTIES` names problem mixes; "easy", the default for both this
-fine-tuning and the local RL prompts, is mostly copy problems ("Ava has 17 apples. How many apples does Ava have?")
-and some one-digit additions and subtractions, meant to be answered right part of the time at temperature 1.0. 150
-steps were not enough (the model had the format but guessed the number: sampled accuracy about 0.03); 1,500 steps
-(about 3 minutes on an idle 2-core machine) copy the number most of the time: on 12 "easy" problems, greedy accuracy
-0.67 and sampled (temperature 1.0) 0.60, so most GRPO groups mix right and wrong answers.
+      Start with 47 cookies. 47 + 6 = 53. Let me check: 47 + 6 = 53. Yes. So far so good. ...
+      Answer: 53
 
-The number of checks is drawn per target (about half 0-1, a third 2-5, the rest 6-14), independent of the prompt, so
-every prompt inherits the same long tail. Loss covers response tokens only. The model reuses the tiny model's tokenizer
-and chat template with a slightly larger body (hidden 96, 3 layers, head size 32 for vLLM's CPU attention), about 0.4 M
-parameters. Built once and cached under ``<cache>/tiny-verbose`` (stamped like the other local models); the same seed
-and recipe give the same weights.
+- **Pattern II, effective depth** ("lookup" level, `bench.tasks.make_lookup_problems`: "A = 17. C = 23. B = A.
+  D = B. E = C. What is D?"): half the targets write every hop, copied from the prompt ("D = B. B = A. A = 17."),
+  the other half state the value at once ("D = 17."). A hop is one short copy; stating the value at once means
+  resolving 2-3 references in one forward pass, which a 3-layer model can only guess (1 in 3 values).
+
+The default mix ("two_pattern") is half lookups, 35% copy and 15% one-step problems. Chains of arithmetic operations
+("chain") are out of reach of 0.4 M parameters trained for minutes (reward about 0), so they are not in it.
+
+The model reuses the tiny model's tokenizer and chat template with a slightly larger body (hidden 96, 3 layers, head
+size 32 for vLLM's CPU attention), about 0.4 M parameters; loss on response tokens only; 1,500 AdamW steps of 16, one
+torch thread (a busy machine made two threads 5x slower). Built once and cached under ``<cache>/tiny-verbose-2p``
+(stamped like the other local models; recipe 2, Pattern I only, was ``tiny-verbose``); the same seed and recipe give
+the same weights.
+
+Measured on a shared 2-core machine (load average 8-30), Hugging Face sampling at temperature 1, 100 held-out problems
+per pattern x 4 samples (`bench.dynamics` measures the same with vLLM at step 0 of every run):
+
+| recipe | first-time SFT | pattern | right | length mean / p90 | corr(length, right) | mixed groups | hop by hop |
+|---|---|---|---|---|---|---|---|
+| 3: names ("Ben has as many apples as Ava.") | 702 s, 441 CPU-s | I | 0.710 | 84.6 / 193 | -0.238 | 0.13 | |
+| | | II | 0.107 | 49.6 / 98 | 0.001 | 0.32 | 42%, right 0.112 |
+| 4 (this one): single-letter variables | 444 s, 294 CPU-s | I | 0.158 | 73.9 / 182 | -0.056 | 0.37 | |
+| | | II | 0.035 | 23.8 / 37 | 0.013 | 0.13 | 41%, right 0.042 |
+| 4 with 3,000 steps | 834 s, 626 CPU-s | I | 0.610 | 56.6 / 122 | -0.090 | 0.30 | |
+| | | II | 0.075 | 22.8 / 37 | -0.011 | 0.25 | 40%, right 0.070 |
+
+("mixed groups": prompts whose 4 samples hold both right and wrong answers; "hop by hop": share of Pattern II answers
+written hop by hop and their accuracy; the answers that state a value at once were right 0.104, 0.030 and 0.079 of
+the time.)
+
+**Not yet what the benchmark needs.** In neither recipe did the model learn to copy a hop: writing the hops is no
+more often right than stating a value at once, so Pattern II shows no length-accuracy relation yet; recipe 4 also lost
+most of recipe 3's Pattern I accuracy at 1,500 steps (3,000 steps bring it back to 0.61, not the hops). Names spelled
+letter by letter by this tokenizer put the subject a dozen tokens before the name to copy; single letters make it
+three, but the model still did not learn the copy: greedy, given the first two tokens of a hop ("C ="), it wrote a
+number in 40 of 40 held-out lookups (3,000-step model). Candidates for the next recipe: a larger body, a curriculum of
+one-hop lookups first, or hops whose key and value sit on adjacent tokens.
 
 Run it alone: ``python -m openrlhf_darts.local.sft [--steps N] [--cache_dir DIR]``.
 """
@@ -41,40 +66,58 @@ import tempfile
 import time
 from pathlib import Path
 
-from openrlhf_darts.bench.tasks import make_problems
+from openrlhf_darts.bench.tasks import make_lookup_problems, make_problems
 from openrlhf_darts.models import default_cache_dir, resolve_model
 
 logger = logging.getLogger(__name__)
 
-DIR_NAME = "tiny-verbose"
-_RECIPE_VERSION = 2  # bump when targets, model shape, problem mix or training change, so stale caches rebuild
+DIR_NAME = "tiny-verbose-2p"  # two-pattern recipe; "tiny-verbose" held recipe 2 (Pattern I only)
+_RECIPE_VERSION = 4  # bump when targets, model shape, problem mix or training change, so stale caches rebuild
 _STAMP = ".openrlhf_darts_sft.json"
 SFT_SEED_OFFSET = 10_000  # SFT problems use seeds far from the RL prompts' seeds
 
-# --- problems: named difficulty mixes -------------------------------------------------------------------------------
+# --- problems: named mixes of levels, each level tagged with its pattern ------------------------------------------
 
-# Share of problems at each `make_problems(max_ops=...)` level: 0 copy, 1 one small step, 3 chains of 1-3 operations.
-DIFFICULTIES: dict[str, dict[int, float]] = {
-    "easy": {0: 0.7, 1: 0.3},
-    "copy": {0: 1.0},
-    "one_op": {1: 1.0},
-    "chain": {3: 1.0},
+# Levels: "copy", "one_op" and "chain" are `make_problems(max_ops=0, 1, 3)`; "lookup" is `make_lookup_problems()`.
+# Share of problems at each level, per named mix.
+DIFFICULTIES: dict[str, dict[str, float]] = {
+    "two_pattern": {"copy": 0.35, "one_op": 0.15, "lookup": 0.5},
+    "easy": {"copy": 0.7, "one_op": 0.3},
+    "copy": {"copy": 1.0},
+    "one_op": {"one_op": 1.0},
+    "chain": {"chain": 1.0},
+    "lookup": {"lookup": 1.0},
 }
+DEFAULT_DIFFICULTY = "two_pattern"
+# DARTS_SPEC.md §1: Pattern I, length is ineffective verbosity (the targets add self-checks that change nothing);
+# Pattern II, length is effective depth (a lookup answered hop by hop is longer and, for this model, more often right).
+LEVEL_PATTERN = {"copy": "I", "one_op": "I", "chain": "I", "lookup": "II"}
+_MAX_OPS = {"copy": 0, "one_op": 1, "chain": 3}
 
 
-def mixed_problems(num: int, seed: int, difficulty: str = "easy") -> list[dict[str, str]]:
-    """``num`` `bench.tasks` problems in the `DIFFICULTIES` mix named ``difficulty``, deterministic in ``seed``.
+def _level_problems(level: str, num: int, seed: int) -> list[dict[str, str]]:
+    if level == "lookup":
+        return make_lookup_problems(num, seed)
+    return make_problems(num, seed, max_ops=_MAX_OPS[level])
 
-    Each problem's level is drawn from the mix; level ``k`` problems come from ``make_problems(.., seed * 10 + k,
-    max_ops=k)`` in order, so two seeds never share a level's stream.
+
+def mixed_problems(num: int, seed: int, difficulty: str = DEFAULT_DIFFICULTY) -> list[dict[str, str]]:
+    """``num`` problems in the `DIFFICULTIES` mix named ``difficulty``, deterministic in ``seed``, each tagged with its
+    ``pattern`` ("I" or "II", `LEVEL_PATTERN`).
+
+    Each problem's level is drawn from the mix; a level's problems come from its generator seeded with
+    ``seed * 10 + _SEED_SLOTS[level]``, in order, so two seeds never share a level's stream.
     """
     if difficulty not in DIFFICULTIES:
         raise ValueError(f"difficulty={difficulty!r} is unknown; choose one of {sorted(DIFFICULTIES)}")
     rng = random.Random(seed)
     levels, weights = zip(*DIFFICULTIES[difficulty].items())
     drawn = rng.choices(levels, weights=weights, k=num)
-    pools = {k: iter(make_problems(drawn.count(k), seed * 10 + k, max_ops=k)) for k in set(drawn)}
-    return [next(pools[k]) for k in drawn]
+    pools = {k: iter(_level_problems(k, drawn.count(k), seed * 10 + _SEED_SLOTS[k])) for k in set(drawn)}
+    return [{**next(pools[k]), "pattern": LEVEL_PATTERN[k]} for k in drawn]
+
+
+_SEED_SLOTS = {"copy": 0, "one_op": 1, "chain": 3, "lookup": 5}  # the first three keep the seeds of recipe 2
 
 
 # --- targets: reasoning of random length -------------------------------------------------------------------------
@@ -153,6 +196,53 @@ def verbose_target(prompt: str, answer: str, rng: random.Random) -> str:
     return " ".join([opening, *equations, *checks]) + f"\nAnswer: {answer}"
 
 
+_REF = re.compile(r"^([A-Z]) = ([A-Z])\.$")
+_VALUE = re.compile(r"^([A-Z]) = (\d+)\.$")
+_ASK = re.compile(r"^What is ([A-Z])\?$")
+STEP_BY_STEP_SHARE = 0.5  # lookup targets written hop by hop; the rest state the value at once
+
+
+def lookup_hops(prompt: str, answer: str) -> tuple[list[str], str]:
+    """The sentences that answer a `make_lookup_problems` prompt, from the asked variable back to its value, and the
+    shortcut answer sentence ("D = 17."), checked against the label.
+    """
+    sentences = [s.strip() for s in re.findall(r"[^.?]+[.?]", prompt)]
+    refs, values, asked = {}, {}, None
+    for sentence in sentences:
+        if m := _REF.match(sentence):
+            refs[m.group(1)] = sentence, m.group(2)
+        elif m := _VALUE.match(sentence):
+            values[m.group(1)] = sentence, m.group(2)
+        elif m := _ASK.match(sentence):
+            asked = m.group(1)
+    if asked is None:
+        raise ValueError(f"lookup problem {prompt!r} asks no 'What is <variable>?'; update local/sft.py")
+    hops, name = [], asked
+    while name in refs:
+        sentence, name = refs[name]
+        hops.append(sentence)
+        if len(hops) > len(sentences):
+            raise ValueError(f"lookup problem {prompt!r} has a reference cycle; update local/sft.py")
+    if name not in values or values[name][1] != answer:
+        raise ValueError(f"following {prompt!r} does not reach its label {answer}; update local/sft.py")
+    hops.append(values[name][0])
+    return hops, f"{asked} = {answer}."
+
+
+def lookup_target(prompt: str, answer: str, rng: random.Random) -> str:
+    """A lookup answer: every hop copied from the prompt (share `STEP_BY_STEP_SHARE`), or the value stated at once."""
+    hops, shortcut = lookup_hops(prompt, answer)
+    body = " ".join(hops) if rng.random() < STEP_BY_STEP_SHARE else shortcut
+    return f"{body}\nAnswer: {answer}"
+
+
+def sft_target(problem: dict[str, str], rng: random.Random) -> str:
+    """The supervised answer of a `mixed_problems` problem: `lookup_target` for Pattern II, `verbose_target` else."""
+    if problem["pattern"] == "II":
+        return lookup_target(problem["prompt"], problem["answer"], rng)
+    return verbose_target(problem["prompt"], problem["answer"], rng)
+
+
 # --- model and training ---------------------------------------------------------------------------------------------
 
 MODEL_SHAPE = dict(
@@ -181,23 +271,36 @@ def train_verbose_model(
     batch_size: int = 16,
     seed: int = 0,
     lr: float = 3e-3,
-    difficulty: str = "easy",
+    difficulty: str = DEFAULT_DIFFICULTY,
 ) -> dict:
     """Fine-tune a fresh tiny-verbose model for `steps` AdamW steps and save it to `out_dir`; returns a summary.
 
     Deterministic for a given seed (fixed step count, not a time budget); progress is shown with tqdm.
     """
     import torch
-    from tqdm import tqdm
-    from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps={steps}, batch_size={batch_size}: both must be >= 1")
+    # One thread: at this model size a second thread buys little on an idle machine and, on a busy one, spinning
+    # threads made each step 5x slower (0.4 vs 2.2 steps/s at a load average of 12 on 2 cores).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(out_dir, steps, batch_size, seed, lr, difficulty)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(out_dir, steps: int, batch_size: int, seed: int, lr: float, difficulty: str) -> dict:
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
     torch.manual_seed(seed)
     rng = random.Random(seed)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("tiny"))
     problems = mixed_problems(steps * batch_size, SFT_SEED_OFFSET + seed, difficulty)
-    examples = [_encode(tokenizer, p["prompt"], verbose_target(p["prompt"], p["answer"], rng)) for p in problems]
+    examples = [_encode(tokenizer, p["prompt"], sft_target(p, rng)) for p in problems]
     # Batches of similar lengths, in random order: heavy-tailed targets padded to their batch's longest were half
     # padding, and this halves the step time on CPU.
     examples.sort(key=lambda example: len(example[0]))

@@ -136,7 +136,8 @@ class _StepProgress(threading.Thread):
 
 
 def read_steps(path: str | os.PathLike) -> list[dict]:
-    """The per-step records a local run wrote, in step order ([] before the first step)."""
+    """The JSON lines of a local run's `steps.jsonl` (per-step records, in step order) or `evals.jsonl` (held-out
+    evaluations); [] before the first one."""
     path = Path(path)
     if not path.is_file():
         return []
@@ -157,6 +158,9 @@ def run(
 ) -> list[dict]:
     """Run upstream's `train_ppo_ray` locally with `CPU_FLAGS + argv`; returns the per-step records.
 
+    With `--eval.dataset`, the held-out evaluations (the starting policy, then every `--eval.steps`) land in
+    `<run_dir>/evals.jsonl` (`read_steps` reads it too; see local/trainer.py for the record).
+
     Starts and shuts down its own Ray cluster, or attaches to the one `RAY_ADDRESS` names (inside a Ray job), so it
     raises ValueError if Ray is already initialized in this process. `echo_steps`: print each step's record on this
     process's stdout (`STEP_RECORD_PREFIX` + JSON) as it arrives; upstream's own prints still go to driver.log.
@@ -168,7 +172,7 @@ def run(
     from openrlhf_darts import compat, upstream
     from openrlhf_darts.backends.cpu.groups import actor_class
     from openrlhf_darts.config import DartsConfig
-    from openrlhf_darts.local.trainer import STEP_LOG_ENV, SYNC_PROBE_ENV, LocalPPOTrainer
+    from openrlhf_darts.local.trainer import EVAL_LOG_ENV, STEP_LOG_ENV, SYNC_PROBE_ENV, LocalPPOTrainer
     from openrlhf_darts.rollout.rollout_actor import DartsRolloutRayActor
     from openrlhf_darts.tail_batching import TailBatchingConfig
 
@@ -179,8 +183,9 @@ def run(
         )
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    step_log = run_dir / "steps.jsonl"
+    step_log, eval_log = run_dir / "steps.jsonl", run_dir / "evals.jsonl"
     step_log.unlink(missing_ok=True)
+    eval_log.unlink(missing_ok=True)
     full_argv = [
         *CPU_FLAGS,
         "--ckpt.path", str(run_dir / "ckpt"),
@@ -193,7 +198,8 @@ def run(
         DartsConfig.from_args(args)  # bad --darts.* values fail here, before Ray starts
         TailBatchingConfig.from_args(args)  # and bad --tail_batching.* ones
         num_cpus, num_gpus = logical_resources(args)
-        env = {**(env_vars or {}), STEP_LOG_ENV: str(step_log), SYNC_PROBE_ENV: "1" if sync_probe else "0"}
+        env = {**(env_vars or {}), STEP_LOG_ENV: str(step_log), EVAL_LOG_ENV: str(eval_log)}
+        env[SYNC_PROBE_ENV] = "1" if sync_probe else "0"
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         runtime_env = compat.ray_runtime_env({"env_vars": env})
         address = os.environ.get("RAY_ADDRESS")

@@ -1,19 +1,30 @@
 """`LocalPPOTrainer`: the DARTS trainer plus what a local comparison must see each step.
 
-Why a subclass: the comparison needs, for both runs, numbers upstream's status dict does not carry (the longest
-response of the step, which bounds the decode steps, and the tokens generated), a per-step record the driver can read
-while the run is going, and proof that each weight sync reached the engine. It extends `DartsPPOTrainer` (itself
-upstream's `PPOTrainer` one level deep) by three short overrides that each call `super()` first or last:
+Why a subclass: a comparison needs, for every run alike, numbers upstream's status dict does not carry (the engine's
+own iteration count, tokens generated, length percentiles of kept samples and of all candidates), a per-step record
+the driver can read while the run is going, a held-out evaluation that reports what upstream's does not (greedy and
+sampled accuracy, length percentiles, per-sample records), and proof that each weight sync reached the engine. It
+extends `DartsPPOTrainer` (itself upstream's `PPOTrainer` one level deep) by short overrides that each call `super()`:
 
-- `train_step`: adds `local/response_length_max` and `local/response_tokens` (kept samples, all runs) to the status;
+- `fit`: with an eval set (`--eval.dataset`), first evaluates the starting policy (step 0), then runs upstream's `fit`;
+- `train_step`: reads the engines' iteration and finished-request counters (rollout/engine_counters.py) as it starts,
+  which is right after upstream's rollout returned, so the step's rollout figures exclude the weight sync, its probe
+  and evaluation (the counters are read again after each of those), and adds length percentiles and token counts of
+  the kept samples (all runs) to the status;
 - `broadcast_to_vllm` (probe on): the engine's log-probs of a fixed probe sequence before and after upstream's weight
   sync, and the policy actor's own log-probs of the same tokens: `local/sync_engine_change` (max |after - before|) must
   be > 0 once the policy moved, and `local/sync_engine_policy_diff` (max |engine - policy|) must be ~0;
-- `save_logs_and_checkpoints`: adds `local/engine_unfinished_requests` (must be 0 between steps), lets DARTS merge its
-  metrics and upstream log them, then appends the step's numeric status to the JSONL file named by
-  `$OPENRLHF_DARTS_LOCAL_STEP_LOG`.
+- `save_logs_and_checkpoints`: adds `local/engine_unfinished_requests` (must be 0 between steps), the step's engine
+  counts and candidate figures, lets DARTS merge its metrics and upstream log them, then appends the step's numeric
+  status to the JSONL file named by `$OPENRLHF_DARTS_LOCAL_STEP_LOG`;
+- `evaluate` (upstream calls it every `--eval.steps`): upstream's evaluation samples twice through upstream's own
+  generator path (never redundancy or selection): greedy (temperature 0, one sample per prompt) and at
+  `--eval.temperature` with `--eval.n_samples_per_prompt`; returns upstream's `eval_*` metrics of the second pass (so
+  upstream's best-checkpoint logic sees what it always sees) and appends every sample's pattern, length and reward,
+  with the engines' counts during the evaluation, to the JSONL file named by `$OPENRLHF_DARTS_LOCAL_EVAL_LOG`.
 
-The local driver passes both switches through the Ray runtime environment (`train.STEP_LOG_ENV`, `train.SYNC_PROBE_ENV`).
+All `local/*` keys are documented in docs/metrics.md. The local driver passes the switches through the Ray runtime
+environment (`train.STEP_LOG_ENV`, `EVAL_LOG_ENV`, `train.SYNC_PROBE_ENV`).
 """
 
 from __future__ import annotations
@@ -21,26 +32,90 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 import ray
 import ray.cloudpickle
 import torch
 
 from openrlhf_darts import upstream
+from openrlhf_darts.bench.rollout import percentile
 from openrlhf_darts.trainer.ppo_trainer import DartsPPOTrainer
 
 STEP_LOG_ENV = "OPENRLHF_DARTS_LOCAL_STEP_LOG"
+EVAL_LOG_ENV = "OPENRLHF_DARTS_LOCAL_EVAL_LOG"
 SYNC_PROBE_ENV = "OPENRLHF_DARTS_LOCAL_SYNC_PROBE"
 PROBE_RESPONSE = "Start with 5 apples. 5 + 3 = 8.\nAnswer: 8"
 
 
+def _length_figures(prefix: str, lengths: list[int]) -> dict[str, float]:
+    """mean, nearest-rank p50 / p90 and max of a step's lengths, as `<prefix>_length_*`."""
+    return {
+        f"{prefix}_length_mean": sum(lengths) / len(lengths),
+        f"{prefix}_length_p50": percentile(lengths, 50),
+        f"{prefix}_length_p90": percentile(lengths, 90),
+        f"{prefix}_length_max": float(max(lengths)),
+    }
+
+
 class LocalPPOTrainerImpl(DartsPPOTrainer.__ray_actor_class__):
+    # ---- engine counters: the rollout's share --------------------------------------------------------------------
+    def _engine_counts(self) -> list[tuple[int, int]]:
+        """(iterations, finished requests) of each engine, cumulative."""
+        iterations = [e.engine_iterations.remote() for e in self.vllm_engines]
+        finished = [e.engine_finished_requests.remote() for e in self.vllm_engines]
+        return list(zip(ray.get(iterations), ray.get(finished)))
+
+    def _mark_engines(self) -> None:
+        """Counters at the end of the last engine use that is not a training rollout (sync probe, evaluation)."""
+        self._engine_mark = self._engine_counts()
+
+    @staticmethod
+    def _engine_delta(before, after) -> dict[str, float]:
+        """The engines' work between two readings: the most iterations one engine ran (the rollout waits for the
+        slowest engine; local mode has one) and the requests all engines finished."""
+        return {
+            "iterations": float(max(a[0] - b[0] for a, b in zip(after, before))),
+            "finished_requests": float(sum(a[1] - b[1] for a, b in zip(after, before))),
+        }
+
+    def fit(self, global_step: int = 0) -> None:
+        if self.eval_dataloader is not None and not self.args.ckpt.load_enable:
+            # The starting policy, evaluated as upstream's fit evaluates after a step (same generate kwargs).
+            eval_kwargs = dict(self.generate_kwargs, temperature=self.args.eval.temperature)
+            eval_kwargs["n_samples_per_prompt"] = self.args.eval.n_samples_per_prompt
+            self.evaluate(0, **eval_kwargs)
+        self._mark_engines()
+        return super().fit(global_step)
+
     def train_step(self, rollout_samples, global_step: int):
-        lengths = torch.cat([e.response_length for e in rollout_samples])  # (num_samples,)
+        # Upstream's fit calls this right after its rollout returned: the engines' work since the mark is the rollout.
+        self._rollout_engine = self._engine_delta(self._engine_mark, self._engine_counts())
+        lengths = [int(x) for e in rollout_samples for x in e.response_length]  # kept samples
         status, next_step = super().train_step(rollout_samples, global_step)
-        status["local/response_length_max"] = float(lengths.max())
-        status["local/response_tokens"] = float(lengths.sum())
+        status.update(_length_figures("local/kept", lengths))
+        status["local/kept_tokens"] = float(sum(lengths))
+        status["local/response_length_max"] = status["local/kept_length_max"]
+        status["local/response_tokens"] = status["local/kept_tokens"]
         return status, next_step
+
+    def _candidate_figures(self, logs_dict: dict) -> dict[str, float]:
+        """The step's candidates: how many, how many aborted, tokens generated (aborted ones up to their abort), and
+        the lengths of those that stopped by themselves (an aborted candidate's partial length is only a lower bound
+        on its length, so it is left out). From the DARTS groups' outcomes; without DARTS the kept samples are all the
+        candidates there were."""
+        if not self.darts_config.enable:
+            figures = {k.replace("kept_length", "finished_length"): v for k, v in logs_dict.items()
+                       if k.startswith("local/kept_length")}  # fmt: skip
+            figures["local/candidate_tokens"] = logs_dict["local/kept_tokens"]
+            return {**figures, "local/candidates": logs_dict["rollout/num_samples"], "local/aborted_candidates": 0.0}
+        outcomes = self.samples_generator.last_outcomes
+        finished = [length for o in outcomes for length, aborted in zip(o.lengths, o.aborted) if not aborted]
+        figures = _length_figures("local/finished", finished)
+        figures["local/candidate_tokens"] = float(sum(o.tokens_generated for o in outcomes))
+        figures["local/candidates"] = float(sum(o.plan.num_candidates for o in outcomes))
+        figures["local/aborted_candidates"] = float(sum(o.num_aborted for o in outcomes))
+        return figures
 
     # ---- weight-sync probe ------------------------------------------------------------------------------------------
     def _probe_tokens(self) -> tuple[list[int], int]:
@@ -90,12 +165,73 @@ class LocalPPOTrainerImpl(DartsPPOTrainer.__ray_actor_class__):
         self._sync_metrics = {}
         unfinished = ray.get([engine.get_num_unfinished_requests.remote() for engine in self.vllm_engines])
         logs_dict["local/engine_unfinished_requests"] = float(sum(unfinished))
+        logs_dict["local/engine_iterations"] = self._rollout_engine["iterations"]
+        logs_dict["local/engine_finished_requests"] = self._rollout_engine["finished_requests"]
+        logs_dict.update(self._candidate_figures(logs_dict))
         super().save_logs_and_checkpoints(global_step, logs_dict, client_states)  # DARTS merges darts/* in place
         path = os.environ.get(STEP_LOG_ENV)
         if path:
             row = {"step": global_step, **{k: v for k, v in logs_dict.items() if isinstance(v, (int, float))}}
             with open(path, "a") as log:
                 log.write(json.dumps(row) + "\n")
+        self._mark_engines()
+
+    # ---- held-out evaluation ----------------------------------------------------------------------------------------
+    def _eval_rows(self, samples) -> dict[str, list]:
+        """Per sample, in arrival order: its prompt's position in the eval set, pattern (the row's `datasource`),
+        response length, reward and truncation."""
+        if not hasattr(self, "_eval_index"):
+            self._eval_index = {}
+            for datasources, prompts, _labels, _images in self.eval_dataloader:
+                for prompt, datasource in zip(prompts, datasources):
+                    self._eval_index.setdefault(prompt, (len(self._eval_index), datasource))
+        rows = {"prompt": [], "pattern": [], "length": [], "reward": [], "truncated": []}
+        for sample in samples:
+            index, pattern = self._eval_index[sample.prompts[0]]
+            rows["prompt"].append(index)
+            rows["pattern"].append(pattern)
+            rows["length"].append(int(sample.response_length.item()))
+            rows["reward"].append(float(sample.rewards.item()))
+            rows["truncated"].append(bool(sample.truncated.item()))
+        return rows
+
+    def evaluate(self, global_step, **generate_kwargs):
+        start = time.perf_counter()
+        before = self._engine_counts()
+        greedy = self.samples_generator.generate_eval_samples(
+            **dict(generate_kwargs, temperature=0.0, n_samples_per_prompt=1)
+        )
+        middle = self._engine_counts()
+        sampled = self.samples_generator.generate_eval_samples(**generate_kwargs)
+        after = self._engine_counts()
+        # A group outcome here would mean evaluation went through DARTS' generate_group (redundancy, selection).
+        outcomes = sum(len(r) for r in ray.get([e.pop_group_outcomes.remote() for e in self.vllm_engines]))
+        n = generate_kwargs["n_samples_per_prompt"]
+        logs = upstream.compute_eval_metrics(self.eval_dataloader, sampled, n)
+        path = os.environ.get(EVAL_LOG_ENV)
+        if path:
+            record = {
+                "step": global_step,
+                "seconds": time.perf_counter() - start,
+                "greedy": {
+                    "temperature": 0.0,
+                    "n": 1,
+                    **self._engine_delta(before, middle),
+                    **self._eval_rows(greedy),
+                },
+                "sampled": {
+                    "temperature": generate_kwargs["temperature"],
+                    "n": n,
+                    **self._engine_delta(middle, after),
+                    **self._eval_rows(sampled),
+                },
+                "group_outcomes": outcomes,
+                "upstream": logs,
+            }
+            with open(path, "a") as log:
+                log.write(json.dumps(record) + "\n")
+        self._mark_engines()
+        return logs
 
 
 # Ship this class to the trainer's worker by value, like Ray ships `DartsPPOTrainer` itself. Shipped by reference, the

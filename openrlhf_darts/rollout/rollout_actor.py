@@ -34,6 +34,7 @@ from openrlhf_darts import upstream
 from openrlhf_darts.core.early_stop import EarlyStop
 from openrlhf_darts.core.streaming import chunk_eligible, chunk_spans
 from openrlhf_darts.core.types import TRUNCATED_RULES, GroupOutcome, GroupPlan
+from openrlhf_darts.rollout.engine_counters import read_engine_counters
 from openrlhf_darts.upstream import RolloutRayActorBase
 
 logger = logging.getLogger(__name__)
@@ -432,6 +433,16 @@ class DartsRolloutActor(RolloutRayActorBase):
         if self._tail_groups is None:
             return 0
         return await self._tail_groups.abort(group_ids)
+
+    # ---- engine counters (vLLM's own; rollout/engine_counters.py) -------------------------------------------------
+    def engine_iterations(self) -> int:
+        """Engine steps that sampled a token since the engine started, counted by vLLM itself (baseline and DARTS
+        alike; rollout/engine_counters.py): take differences around the phase to measure."""
+        return read_engine_counters()["iterations"]
+
+    def engine_finished_requests(self) -> int:
+        """Requests that finished in the engine (stop or length, not aborted ones) since it started, by vLLM's count."""
+        return read_engine_counters()["finished_requests"]
 
 
 DartsRolloutRayActor = ray.remote(DartsRolloutActor)

@@ -171,10 +171,12 @@ def test_easy_levels_and_their_verbose_targets():
         make_problems(3, max_ops=-1)
     # "easy" draws level 0 with weight 0.7: 400 draws have a binomial sd of sqrt(400 * 0.7 * 0.3) = 9.2, so the
     # copy count lies in 280 +- 40 (over 4 sd).
-    easy = mixed_problems(400, seed=0)
+    easy = mixed_problems(400, seed=0, difficulty="easy")
     assert 240 <= sum("Then" not in p["prompt"] for p in easy) <= 320
+    assert {p["pattern"] for p in easy} == {"I"}
     # Deterministic, and a prefix of a longer draw (levels and each level's problems are drawn in order).
-    assert mixed_problems(20, seed=0) == easy[:20] and mixed_problems(20, seed=1) != easy[:20]
+    assert mixed_problems(20, seed=0, difficulty="easy") == easy[:20]
+    assert mixed_problems(20, seed=1, difficulty="easy") != easy[:20]
     rng = random.Random(0)
     for problem in easy[:100]:  # every target parses back to its label through the reward's own extractor
         target = verbose_target(problem["prompt"], problem["answer"], rng)
@@ -211,3 +213,42 @@ def test_inside_a_ray_job_it_attaches_and_rejects_a_cluster_short_of_its_layout(
     assert not (tmp_path / "run" / "steps.jsonl").exists()
     # The session's cluster is untouched: the attached driver took nothing.
     assert ray_cluster.available_resources().get("GPU") == free_before.get("GPU")
+
+
+def test_lookup_problems_and_the_two_pattern_mix():
+    import random
+    import re
+
+    from openrlhf_darts.bench.tasks import extract_answer, make_lookup_problems
+    from openrlhf_darts.local.sft import lookup_hops, mixed_problems, sft_target
+
+    problems = make_lookup_problems(200, seed=3)
+    assert problems == make_lookup_problems(200, seed=3) and problems != make_lookup_problems(200, seed=4)
+    for problem in problems:
+        sentences = re.findall(r"[^.?]+[.?]", problem["prompt"])
+        defined = [s.split()[0] for s in sentences if " = " in s]
+        values = [int(v) for v in re.findall(r" = (\d+)\.", " " + problem["prompt"])]
+        # Default sizes: 1 + 2 distractor values, all different, each variable defined once; the answer is one of the
+        # values (a guess among them is right 1 time in 3).
+        assert len(defined) == len(set(defined)) and len(values) == len(set(values)) == 3
+        assert int(problem["answer"]) in values
+        hops, shortcut = lookup_hops(problem["prompt"], problem["answer"])
+        # 2 or 3 references and the value they lead to, each copied verbatim from the prompt.
+        assert len(hops) in (3, 4) and all(f" {hop}" in f" {problem['prompt']}" for hop in hops)
+        assert hops[-1].endswith(f" = {problem['answer']}.") and shortcut == f"{hops[0][0]} = {problem['answer']}."
+    with pytest.raises(ValueError, match="does not reach its label 999"):
+        lookup_hops(problems[0]["prompt"], "999")
+    with pytest.raises(ValueError, match="hops=\\(0,\\)"):
+        make_lookup_problems(3, hops=(0,))
+
+    # The two-pattern mix: half lookups (Pattern II); 400 draws, sd 10, so 200 +- 40.
+    mix = mixed_problems(400, seed=0)
+    assert all((p["pattern"] == "II") == (" = " in p["prompt"]) for p in mix)
+    assert 160 <= sum(p["pattern"] == "II" for p in mix) <= 240
+    rng = random.Random(0)
+    targets = [(p, sft_target(p, rng)) for p in mix if p["pattern"] == "II"]
+    for problem, target in targets:
+        assert extract_answer(target) == problem["answer"]
+    # About half the lookup targets are written hop by hop (STEP_BY_STEP_SHARE = 0.5), the rest state the value.
+    step_by_step = sum(target.count(" = ") > 1 for _, target in targets)
+    assert 0.35 * len(targets) <= step_by_step <= 0.65 * len(targets)

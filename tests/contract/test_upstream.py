@@ -53,6 +53,7 @@ RECORDED_SOURCE_HASHES = {
     # tail batching
     "openrlhf.trainer.ray.vllm_engine.RolloutRayActor.generate_responses": "cd8cc667de7c7c74",
     "openrlhf.trainer.ppo_utils.samples_generator._collect_prompt_batch": "d86482264c1559b7",
+    "openrlhf.trainer.ppo_utils.samples_generator.SamplesGenerator.generate_eval_samples": "d5b5ff27b1a7e157",
 }
 
 # Keys of one response dict from SingleTurnAgentExecutor.execute (openrlhf/utils/agent.py, 0.11.2), which

@@ -336,11 +336,11 @@ def test_validation_compares_measured_and_simulated_seconds():
         "variants": {
             "baseline": {
                 "groups": [{"lengths": [10, 20]}],
-                "stats": {"wall_s": 0.25, "decode_steps": 20, "tokens_generated": 30},
+                "stats": {"wall_s": 0.25, "engine_iterations": 20, "tokens_generated": 30},
             },
             "shortest_only": {
                 "groups": [{"lengths": [10]}],
-                "stats": {"wall_s": 0.1, "decode_steps": 10, "tokens_generated": 10},
+                "stats": {"wall_s": 0.1, "engine_iterations": 10, "tokens_generated": 10},
             },
         }
     }
@@ -395,7 +395,7 @@ def test_validation_sums_repeated_runs_before_dividing():
             "variants": {
                 "baseline": {
                     "groups": [{"lengths": [10, 4]}],
-                    "stats": {"wall_s": wall, "decode_steps": 10, "tokens_generated": 14},
+                    "stats": {"wall_s": wall, "engine_iterations": 10, "tokens_generated": 14},
                 }
             }
         }
