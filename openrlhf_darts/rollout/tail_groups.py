@@ -20,6 +20,7 @@ one counter update per streamed output.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 
 from openrlhf_darts import upstream
@@ -115,10 +116,17 @@ async def _tracked(stream, run: TailRun, index: int):
 class TailGroups:
     """The tail groups running on one engine actor, by group id."""
 
+    # Ray does not start an async actor's calls in submission order, so an abort can arrive before the call that
+    # launches its group has started. Such ids wait in `_early_aborts`; `_returned` remembers recent finished ids so
+    # that an abort of a group that already returned is told apart from one that has not started yet.
+    RETURNED_MEMORY = 65536
+
     def __init__(self, actor):
         self._actor = actor
         upstream.wrap_engine_llm(actor, TailStream)
         self._runs: dict[int, TailRun] = {}
+        self._early_aborts: set[int] = set()
+        self._returned: collections.OrderedDict[int, None] = collections.OrderedDict()
 
     async def generate(
         self, group_id: int, prompt, label, sampling_params, max_length: int, hf_tokenizer, num_samples: int, images
@@ -130,6 +138,12 @@ class TailGroups:
                 f"sampling_params.n={sampling_params.n}; tail batching sends n=1 requests, one per sample"
             )
         run = TailRun(group_id, num_samples)
+        if group_id in self._early_aborts:  # aborted before this call started: nothing reaches vLLM
+            self._early_aborts.discard(group_id)
+            run.aborted = True
+            run.finish_reasons = ["abort"] * num_samples
+            self._remember_returned(group_id)
+            return run.record(None)
         self._runs[group_id] = run
         try:
             run.tasks = [
@@ -141,6 +155,7 @@ class TailGroups:
             results = await asyncio.gather(*run.tasks, return_exceptions=True)
         finally:
             del self._runs[group_id]
+            self._remember_returned(group_id)
         errors = [r for r in results if isinstance(r, BaseException)]
         if run.aborted:
             stray = [e for e in errors if not isinstance(e, (TailAborted, asyncio.CancelledError))]
@@ -177,10 +192,17 @@ class TailGroups:
     async def abort(self, group_ids) -> int:
         """Abort the given groups and wait until every one of their tasks has ended; returns how many were running.
 
-        Ids of groups that already returned are ignored: their results are on their way to the caller.
+        Ids of groups that already returned are ignored: their results are on their way to the caller. An id whose
+        launching call has not started yet is remembered, and that call returns the group aborted at once.
         """
         runs = [self._runs[g] for g in group_ids if g in self._runs]
+        self._early_aborts.update(g for g in group_ids if g not in self._runs and g not in self._returned)
         llm_abort = upstream.engine_llm(self._actor).abort
         await asyncio.gather(*(run.abort(llm_abort) for run in runs))
         await asyncio.gather(*(task for run in runs for task in run.tasks), return_exceptions=True)
         return len(runs)
+
+    def _remember_returned(self, group_id: int) -> None:
+        self._returned[group_id] = None
+        while len(self._returned) > self.RETURNED_MEMORY:
+            self._returned.popitem(last=False)

@@ -117,6 +117,24 @@ def test_abort_right_after_launch_leaves_no_request(ray_cluster, darts_engine, t
         assert ray_cluster.get(darts_engine.get_num_unfinished_requests.remote()) == 0
 
 
+def test_an_abort_that_overtakes_its_launch_aborts_the_group_when_it_starts(ray_cluster, darts_engine, tokenizer):
+    # Ray starts an async actor's calls in any order, so the abort of a group can run before the call that launches
+    # it. Forced here by aborting first: the launch then returns aborted without sending anything to vLLM.
+    calls_before = ray_cluster.get(darts_engine.engine_finished_requests.remote())
+    assert ray_cluster.get(darts_engine.abort_tail_groups.remote([30])) == 0  # nothing of group 30 is running
+    record = ray_cluster.get(_launch(darts_engine, tokenizer, 30, _params(tokenizer, max_tokens=400, ignore_eos=True)))
+    assert record["aborted"] is True and record["responses"] is None
+    assert record["lengths"] == [0] * N and record["cut"] == [True] * N
+    assert ray_cluster.get(darts_engine.engine_finished_requests.remote()) == calls_before  # vLLM ran none of it
+    assert ray_cluster.get(darts_engine.get_num_unfinished_requests.remote()) == 0
+    # The abort of a group that already returned is ignored, not remembered as an early abort: a later launch under
+    # the same id runs.
+    done = ray_cluster.get(_launch(darts_engine, tokenizer, 31, _params(tokenizer, max_tokens=2)))
+    assert ray_cluster.get(darts_engine.abort_tail_groups.remote([31])) == 0 and done["aborted"] is False
+    again = ray_cluster.get(_launch(darts_engine, tokenizer, 31, _params(tokenizer, max_tokens=2)))
+    assert again["aborted"] is False and len(again["responses"]) == N
+
+
 def test_an_engine_error_fails_the_group_loudly(ray_cluster, darts_engine, tokenizer):
     # 600 new tokens in a 512-token budget: upstream's executor cuts the prompt to nothing and vLLM refuses the
     # request; every sample fails, and the group raises instead of returning.
