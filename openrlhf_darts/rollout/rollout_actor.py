@@ -430,8 +430,10 @@ class DartsRolloutActor(RolloutRayActorBase):
 
     async def abort_tail_groups(self, group_ids: list[int]) -> int:
         """Abort these tail groups; returns once none of their requests is left in vLLM (how many were running)."""
-        if self._tail_groups is None:
-            return 0
+        if self._tail_groups is None:  # no tail group has started yet, but their launches may be on the way
+            from openrlhf_darts.rollout.tail_groups import TailGroups
+
+            self._tail_groups = TailGroups(self)
         return await self._tail_groups.abort(group_ids)
 
     # ---- engine counters (vLLM's own; rollout/engine_counters.py) -------------------------------------------------
