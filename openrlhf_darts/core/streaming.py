@@ -167,7 +167,9 @@ class StreamLayout:
         self._require_open()
         partial = [g for g, m in self._members.items() if len(m) != self.group_size]
         if partial:
-            raise ValueError(f"groups {partial[:8]} have fewer than n={self.group_size} samples at the end of the step")
+            raise ValueError(
+                f"groups {partial[:8]} have fewer than n={self.group_size} samples at the end of the step"
+            )
         self.closed = True
         order = sorted(self._slot, key=self._slot.get)
         self._slot = {group: slot for slot, group in enumerate(order)}

@@ -61,9 +61,7 @@ def test_waves_hand_case_short_ends_first():
     assert len(layout.add("d", ["d0", "d1", "d2", "d3"])) == 1
     assert layout.close() == []
     # Final order: each group contiguous, short end first.
-    assert layout.order() == ["a0", "a1", "a2", "a3", "b0", "b1", "b2", "b3", "c0", "c1", "c2", "c3"] + [
-        "d0", "d1", "d2", "d3"
-    ]
+    assert layout.order() == [f"{g}{r}" for g in "abcd" for r in range(4)]
 
 
 def test_waves_hold_back_so_the_last_wave_is_big_enough():
