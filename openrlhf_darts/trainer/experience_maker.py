@@ -26,7 +26,7 @@ and critic groups go to `darts_forward`, which takes those rows from the chunk s
 others (the one upstream helper touched is `_dispatch_forward`). Equal to the non-streamed Experiences within fp32
 rounding. Without an open stream (streaming off, evaluation, a generator that was not attached) `make_experience_batch`
 is upstream's. Metrics (`pop_metrics`, docs/metrics.md): `timing/darts_stream_wait`, `timing/darts_overlap_hidden_ratio`,
-`timing/darts_stream_wasted`, `darts/stream_waves`, `darts/stream_early_samples`.
+`timing/darts_stream_wasted`, `darts/stream_waves`, `darts/stream_early_samples`, `darts/stream_late_samples`.
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ class _Stream:
         self.generation_end = 0.0  # perf_counter when the generator closed the stream
         self.precomputed: dict[int, dict[str, object]] = {}  # handle -> group name -> finish_chunks ref
         self.early_samples = 0  # samples handed on in a part before their group ended
+        self.late_samples = 0  # samples first scored by the last arrival's waves or at the close: after generation
+        self.last_arrival_samples = 0  # samples in the waves the latest dispatch / drop released
         self.anonymous = 0  # groups dispatched without a group id (tests, callers outside the generator)
 
     def register(self, experiences: list) -> list[int]:
@@ -133,8 +135,7 @@ class DartsExperienceMaker(upstream.RemoteExperienceMaker):
         stream.handles[group_id] = handles
         stream.early_samples += len(handles)
         self._finish_streamed(stream, handles, keys)
-        for wave in stream.layout.add(group_id, handles):
-            self._submit(stream, wave)
+        self._submit_all(stream, stream.layout.add(group_id, handles))
 
     def dispatch_group(self, experiences: list, group_id: int | None = None, stream_keys: list | None = None) -> None:
         """One accepted group's n Experiences in rank order (an early part's samples first, the same objects):
@@ -161,8 +162,7 @@ class DartsExperienceMaker(upstream.RemoteExperienceMaker):
         handles = stream.register(experiences[len(early) :])
         stream.handles[group] = early + handles
         self._finish_streamed(stream, handles, keys[len(early) :])
-        for wave in stream.layout.add(group, handles):
-            self._submit(stream, wave)
+        self._submit_all(stream, stream.layout.add(group, handles))
 
     def drop_group(self, group_id: int) -> None:
         """A group that will not be scored (dynamic filtering): free its token-streaming caches, and if its short end
@@ -173,13 +173,14 @@ class DartsExperienceMaker(upstream.RemoteExperienceMaker):
         if stream is not None and not stream.closed and group_id in stream.handles:
             for handle in stream.handles.pop(group_id):
                 stream.precomputed.pop(handle, None)
-            for wave in stream.layout.drop(group_id):
-                self._submit(stream, wave)
+            self._submit_all(stream, stream.layout.drop(group_id))
 
     def close_stream(self) -> list:
         """Generation ended: score what is left as the last wave; returns the step's samples in index order."""
         stream = self._require_open()
+        stream.late_samples = stream.last_arrival_samples
         for wave in stream.layout.close():
+            stream.late_samples += wave.num_samples
             self._submit(stream, wave)
         stream.closed = True
         stream.generation_end = time.perf_counter()
@@ -206,6 +207,11 @@ class DartsExperienceMaker(upstream.RemoteExperienceMaker):
             refs = self.token_streamer.finish(key, experience.sequences, experience.action_mask)
             if refs is not None:
                 stream.precomputed[handle] = refs
+
+    def _submit_all(self, stream: _Stream, waves: list[Wave]) -> None:
+        stream.last_arrival_samples = sum(wave.num_samples for wave in waves)
+        for wave in waves:
+            self._submit(stream, wave)
 
     def _submit(self, stream: _Stream, wave: Wave) -> None:
         samples_list = []
@@ -293,6 +299,7 @@ class DartsExperienceMaker(upstream.RemoteExperienceMaker):
             "timing/darts_stream_wasted": wasted,
             "darts/stream_waves": float(len(waves)),
             "darts/stream_early_samples": float(stream.early_samples),
+            "darts/stream_late_samples": float(stream.late_samples),
         }
         if self.token_streamer is not None:
             self._metrics.update(self._finish_token_stream())

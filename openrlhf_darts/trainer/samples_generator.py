@@ -57,7 +57,7 @@ class DartsSamplesGenerator(upstream.SamplesGenerator):
         self._group_prompts: dict[int, str] = {}
         self._ref_groups: dict = {}  # generate_group ref -> its group id (streaming: parts come by group id)
         self._stream_chunk_tokens: int | None = None  # set while a token-streaming rollout runs
-        self._early_release = False  # set while a streaming rollout runs: groups release their kept samples in parts
+        self._streaming = False  # set while _generate_streaming runs
         self.completed_steps = 0  # training steps done (upstream's global_step), set by DartsPPOTrainer
         self._warmup = False  # this rollout is a warm-up step (--darts.warmup_steps)
         self.last_outcomes: list[GroupOutcome] = []
@@ -119,10 +119,10 @@ class DartsSamplesGenerator(upstream.SamplesGenerator):
                     group_id=group_id,
                     stream_chunk_tokens=self._stream_chunk_tokens,
                     truncated_rule=self.config.truncated,
-                    early_release=self._early_release,
+                    early_release=self._streaming and self.early_release,
                 )
             )
-            if self._early_release:
+            if self._streaming:
                 self._ref_groups[refs[-1]] = group_id
         return refs
 
@@ -151,6 +151,9 @@ class DartsSamplesGenerator(upstream.SamplesGenerator):
     # The experience maker that scores groups while generation continues (open_stream / dispatch_group /
     # close_stream / abort_stream); set by the trainer when --darts.stream is on, None means upstream's collection.
     group_sink = None
+    # Streaming: ask the engines to release kept samples as soon as they are final (a dual-end group's short end before
+    # its long end). False hands on whole groups only, as before per-sample release (bench.streaming's stream_group).
+    early_release = True
 
     def _generate_vllm(self, dataloader_iter, num_prompts: int, dynamic_filtering, **generate_kwargs):
         # Training rollouts draw from upstream's own training iterator; evaluation passes its own and stays upstream's.
@@ -168,8 +171,8 @@ class DartsSamplesGenerator(upstream.SamplesGenerator):
 
         The engines release each group's kept samples in parts (`generate_group(..., early_release=True)`): a
         dual-end group's K short members once no sibling can displace them, the rest when it ends; a shortest-only
-        group's n at its release. The first part of a group that is not complete yet goes to the sink at once
-        (`dispatch_part`). Dynamic filtering keeps upstream's semantics on whole groups: once all n are in, a group
+        group's n at its release (with `early_release = False` a group's ref brings its n at the end instead). The
+        first part of a group that is not complete yet goes to the sink at once (`dispatch_part`). Dynamic filtering keeps upstream's semantics on whole groups: once all n are in, a group
         whose mean score is not strictly inside `--algo.dynamic_filtering_range` is dropped (only when every sample has
         a score; `drop_group`, its released part's forwards are wasted) and replaced by one new prompt; otherwise it
         is accepted (`dispatch_group`). The returned experiences are in the sink's index order (`close_stream`):
@@ -188,59 +191,64 @@ class DartsSamplesGenerator(upstream.SamplesGenerator):
         n = self.config.n_samples_per_prompt
         tokens = getattr(sink, "token_streamer", None) is not None
         self._stream_chunk_tokens = self.config.stream_chunk_tokens if tokens else None
-        self._early_release = True
+        self._streaming = True
         sink.open_stream()
         pending = []
+        parts: dict[int, tuple[list, list]] = {}  # group id -> (experiences, stream keys) released so far
+
+        def take(group_id: int, responses: list[dict], last: bool) -> None:
+            """A part of a group (`last`: what its ref returned once it ended); hands it on once it can be."""
+            nonlocal consumed, exhausted
+            if group_id in complete:
+                if responses:
+                    raise RuntimeError(f"group {group_id} sent {len(responses)} samples after its n={n} were in")
+                return
+            new = [self._process_response_into_experience(r, **generate_kwargs) for r in responses]
+            keys = [r.get("darts_stream_key") for r in responses]  # None without token streaming
+            group, group_keys = parts.setdefault(group_id, ([], []))
+            first = not group
+            group += new
+            group_keys += keys
+            if len(group) < n and first and not last:
+                sink.dispatch_part(new, group_id=group_id, stream_keys=keys)  # e.g. a dual-end group's short end
+                return
+            if len(group) < n and not last:
+                raise RuntimeError(
+                    f"group {group_id} released a second part ({len(new)} samples after {len(group) - len(new)}) "
+                    f"before it ended; a group releases one early part, then the rest, n={n} in all"
+                )
+            if len(group) != n:
+                raise RuntimeError(f"group {group_id} ended with {len(group)} kept samples; expected n={n}")
+            complete.add(group_id)
+            if dynamic_filtering and not self._passes_dynamic_filter(group):
+                sink.drop_group(group_id)
+                new_prompts, new_labels, new_images, exhausted = upstream.collect_prompt_batch(dataloader_iter, 1)
+                consumed += len(new_prompts)
+                if new_prompts:
+                    pending.extend(
+                        self._dispatch_prompts_to_vllm(new_prompts, new_labels, images=new_images, **generate_kwargs)
+                    )
+                return
+            sink.dispatch_group(group, group_id=group_id, stream_keys=group_keys)
+            bar.update()
+
+        complete: set[int] = set()
         try:
-            pending = list(self._dispatch_prompts_to_vllm(prompts, labels, images=images, **generate_kwargs))
-            parts: dict[int, tuple[list, list]] = {}  # group id -> (experiences, stream keys) released so far
-            complete: set[int] = set()
+            pending += self._dispatch_prompts_to_vllm(prompts, labels, images=images, **generate_kwargs)
             with tqdm(total=len(prompts), desc="Generate samples (streaming)") as bar:
                 while pending:
-                    ready, pending = ray.wait(pending, num_returns=1, timeout=STREAM_POLL_S)
-                    # Drained after the wait, so a resolved group's last part and chunks are in before it is checked.
+                    ready, waiting = ray.wait(pending, num_returns=1, timeout=STREAM_POLL_S)
+                    pending[:] = waiting
+                    # Drained after the wait, so a resolved group's parts and chunks are in before its ref is taken.
                     chunks, released = self._pop_stream_outbox()
                     if chunks:
                         sink.add_token_chunks(chunks)
                     for part in released:
-                        group_id = part["group_id"]
-                        new = [self._process_response_into_experience(r, **generate_kwargs) for r in part["responses"]]
-                        keys = [r.get("darts_stream_key") for r in part["responses"]]  # None without token streaming
-                        group, group_keys = parts.setdefault(group_id, ([], []))
-                        first = not group
-                        group += new
-                        group_keys += keys
-                        if len(group) < n and first:
-                            sink.dispatch_part(new, group_id=group_id, stream_keys=keys)  # e.g. a short end
-                            continue
-                        if len(group) != n:
-                            raise RuntimeError(
-                                f"group {group_id} released parts of {[len(new)]} after {len(group) - len(new)} "
-                                f"samples; a group releases one early part and then the rest, n={n} in all"
-                            )
-                        del parts[group_id]
-                        complete.add(group_id)
-                        if dynamic_filtering and not self._passes_dynamic_filter(group):
-                            sink.drop_group(group_id)
-                            new_prompts, new_labels, new_images, exhausted = upstream.collect_prompt_batch(
-                                dataloader_iter, 1
-                            )
-                            consumed += len(new_prompts)
-                            if new_prompts:
-                                pending += self._dispatch_prompts_to_vllm(
-                                    new_prompts, new_labels, images=new_images, **generate_kwargs
-                                )
-                            continue
-                        sink.dispatch_group(group, group_id=group_id, stream_keys=group_keys)
-                        bar.update()
+                        take(part["group_id"], part["responses"], last=False)
                     for ref in ready:
                         group_id = self._ref_groups.pop(ref)
-                        result = ray.get(ref)  # raises the group's error
-                        if result or group_id not in complete:
-                            raise RuntimeError(
-                                f"group {group_id} ended having released {len(parts.get(group_id, ([],))[0])} of n={n} "
-                                f"samples and returned {len(result)} more; with early release all n come as parts"
-                            )
+                        take(group_id, ray.get(ref), last=True)  # ray.get raises the group's error
+                        parts.pop(group_id, None)
                         complete.discard(group_id)
         except BaseException:
             self._abandon_step(pending)
@@ -248,7 +256,7 @@ class DartsSamplesGenerator(upstream.SamplesGenerator):
             raise
         finally:
             self._stream_chunk_tokens = None
-            self._early_release = False
+            self._streaming = False
             self._ref_groups.clear()
         return sink.close_stream(), consumed, exhausted
 
