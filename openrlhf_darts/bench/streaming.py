@@ -267,7 +267,7 @@ def plot(summary: dict, path: Path) -> None:
     ax.set_xlabel("seconds per step (mean)")
     ax.set_title(f"{summary['model']}: {summary['prompts']} prompts x n={summary['n']}, {summary['candidates']}")
     ax.invert_yaxis()
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
