@@ -1,7 +1,8 @@
 """Streaming benchmark: how much experience-making forward time hides behind generation, on one CPU machine.
 
-    python -m openrlhf_darts.bench.streaming [--model tiny|smollm2|PATH] [--prompts 8] [--n 4] [--max-tokens 96]
-                                             [--steps 2] [--chunk-tokens 32] [--candidates dual_end|exactly_n]
+    python -m openrlhf_darts.bench.streaming [--model tiny|tiny-verbose|smollm2|PATH] [--prompts 8] [--n 4]
+                                             [--max-tokens 96] [--steps 2] [--chunk-tokens 32]
+                                             [--candidates dual_end|exactly_n] [--variants plain,stream,tokens]
                                              [--out runs/bench_streaming]
 
 One local Ray cluster, one real DARTS engine (OpenRLHF's `create_vllm_engines`), CPU policy + reference actors
@@ -9,7 +10,10 @@ One local Ray cluster, one real DARTS engine (OpenRLHF's `create_vllm_engines`),
 rotating order, with the same DARTS plan (`--candidates`):
 
 - ``plain``: `generate_samples`, then upstream's `make_experience_batch` (every forward after generation);
-- ``stream`` (`--darts.stream`): forwards of finished groups run while vLLM still generates;
+- ``stream`` (`--darts.stream`): forwards of released samples run while vLLM still generates: a dual-end group's K
+  short members as soon as they are final, the long end when the group ends (per-sample release);
+- ``stream_group`` (optional, `--variants`): ``stream`` with whole groups only (`DartsSamplesGenerator.early_release =
+  False`), what `--darts.stream` did before per-sample release;
 - ``tokens`` (`--darts.stream --darts.stream_tokens`): as ``stream``, and the engine also emits chunks of
   `--chunk-tokens` tokens of every certainly-kept candidate while it decodes; the scorers' KV caches score them, and the
   wave forwards use those scores for the finished samples.
@@ -18,15 +22,22 @@ Printed and saved (``report.json``, ``streaming.png``): generation and make-expe
 experience = from the end of generation to the Experiences, i.e. the forward time *not* hidden), the make-experience
 ratios against ``plain``, ``timing/darts_overlap_hidden_ratio`` / ``timing/darts_stream_wait``, the token-streaming
 counters (`darts/stream_token_*`), the peak KV-cache bytes a scorer held, the seconds the scorers spent in chunk
-forwards and how long their queue of chunk forwards still took when generation ended (the chunk work not hidden). CPU caveat: the engine and the model actors
-share the same cores, so overlap on CPU trades decode speed for hidden forwards; the ratios show what the schedule
-hides, not a GPU speedup.
+forwards and how long their queue of chunk forwards still took when generation ended (the chunk work not hidden).
+Machine-independent figures beside them: samples released before their group ended (`darts/stream_early_samples`)
+and samples first scored after generation ended (`darts/stream_late_samples`), and the load average before and after.
+CPU caveat: the engine and the model actors share the same cores, so overlap on CPU trades decode speed for hidden
+forwards; the ratios show what the schedule hides, not a GPU speedup.
+
+``--model tiny-verbose``: the local demo's policy (`local.sft.ensure_verbose_model`, built and cached on first use),
+which answers the `local.sft` "easy" problems at heavy-tailed lengths by itself (no extra stop tokens), so groups end at
+spread times; its prompts are those problems through the chat template, scored by `bench.tasks`' exact-answer reward.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -58,6 +69,21 @@ def _batches(prompts: list[str], labels: list[str], batch: int):
 
 
 VARIANTS = ("plain", "stream", "tokens")
+ALL_VARIANTS = ("plain", "stream", "stream_group", "tokens")
+
+
+def verbose_prompts(tokenizer, num: int, seed: int) -> tuple[list[str], list[str]]:
+    """The tiny-verbose model's task: `local.sft.mixed_problems` ("easy"), rendered as the fine-tuning rendered them."""
+    from openrlhf_darts.local.sft import mixed_problems
+
+    problems = mixed_problems(num, seed)
+    prompts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": p["prompt"]}], tokenize=False, add_generation_prompt=True
+        )
+        for p in problems
+    ]
+    return prompts, [p["answer"] for p in problems]
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -74,7 +100,16 @@ def run(args: argparse.Namespace) -> dict:
     from openrlhf_darts.trainer.samples_generator import DartsSamplesGenerator
 
     work = Path(tempfile.mkdtemp(prefix="darts_bench_streaming_"))
-    model_path = resolve_model(args.model)
+    load_before = os.getloadavg()
+    model_stamp = None
+    if args.model == "tiny-verbose":
+        from openrlhf_darts.local.inputs import policy_path
+        from openrlhf_darts.local.sft import _STAMP
+
+        model_path = policy_path("tiny-verbose")
+        model_stamp = {"path": model_path, **json.loads((Path(model_path) / _STAMP).read_text())}
+    else:
+        model_path = resolve_model(args.model)
     if args.model == "tiny":
         model_path = _stopping_copy(model_path, work, TINY_EXTRA_EOS)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -96,7 +131,7 @@ def run(args: argparse.Namespace) -> dict:
             {**plan_flags, "stream_tokens": True, "stream_chunk_tokens": args.chunk_tokens}, args.n
         ),
     }
-    configs["plain"] = configs["stream"]  # same plans; only the experience maker differs
+    configs["plain"] = configs["stream_group"] = configs["stream"]  # same plans; only the experience making differs
     strategy = upstream.model_side_strategy(cargs)
     policy, reference = cpu_actor_group("policy"), cpu_actor_group("reference")
     ray.get(
@@ -105,13 +140,17 @@ def run(args: argparse.Namespace) -> dict:
     )
     kl = upstream.fixed_kl_controller(cargs.algo.kl.init_coef)
     makers = {"plain": upstream.RemoteExperienceMaker(policy, None, None, reference, kl, strategy, tokenizer)}
-    for name in ("stream", "tokens"):
+    for name in ("stream", "stream_group", "tokens"):
         makers[name] = DartsExperienceMaker(
             policy, None, None, reference, kl, strategy, tokenizer, config=configs[name]
         )
 
-    total = args.prompts * (args.steps * len(VARIANTS) + 1)
-    prompts, labels = builtin_prompts(tokenizer, total, args.seed)
+    variants = args.variants
+    total = args.prompts * (args.steps * len(variants) + 1)
+    if args.model == "tiny-verbose":
+        prompts, labels = verbose_prompts(tokenizer, total, args.seed)
+    else:
+        prompts, labels = builtin_prompts(tokenizer, total, args.seed)
     loader = iter(_batches(prompts, labels, args.prompts))
     gen_kwargs = dict(temperature=1.0, top_p=1.0, max_new_tokens=args.max_tokens, max_len=1024)
 
@@ -119,6 +158,7 @@ def run(args: argparse.Namespace) -> dict:
         generator = DartsSamplesGenerator(strategy, [next(loader)], None, tokenizer, [engine], configs[variant])
         maker = makers[variant]
         generator.group_sink = maker if variant != "plain" else None
+        generator.early_release = variant != "stream_group"
         scorers = upstream.actor_handles(policy) + upstream.actor_handles(reference)
         busy_before = sum(s["busy_s"] for s in ray.get([a.chunk_cache_stats.remote() for a in scorers]))
         t0 = time.perf_counter()
@@ -137,6 +177,9 @@ def run(args: argparse.Namespace) -> dict:
             "make_experience_s": t2 - t1,
             "samples": len(samples),
             "response_tokens": float(sum(float(e.response_length.sum()) for e in experiences)),
+            # Every candidate's length and cap flag, per group (machine-independent: how spread the groups' ends are).
+            "candidate_lengths": [list(o.lengths) for o in generator.last_outcomes],
+            "candidate_truncated": [list(o.truncated) for o in generator.last_outcomes],
         }
         if variant == "tokens":
             record["chunk_forward_s"] = busy  # summed over the scorer actors
@@ -148,44 +191,63 @@ def run(args: argparse.Namespace) -> dict:
     one_step("plain")  # warm-up: first generate and first forwards are slower
     records = []
     for step in range(args.steps):
-        order = VARIANTS[step % 3 :] + VARIANTS[: step % 3]
+        shift = step % len(variants)
+        order = variants[shift:] + variants[:shift]
         for variant in order:
             record = one_step(variant)
             record["step"] = step
             records.append(record)
             print(json.dumps(record), flush=True)
     ray.shutdown()
-    return {"summary": summarize(args, records), "steps": records}
+    summary = summarize(args, records)
+    summary["model_stamp"] = model_stamp
+    summary["load_average_before"] = list(load_before)
+    summary["load_average_after"] = list(os.getloadavg())
+    return {"summary": summary, "steps": records}
 
 
 def summarize(args: argparse.Namespace, records: list[dict]) -> dict:
     """Means per variant and the ratios against ``plain`` (measured side by side in the same run)."""
-    rows = {v: [r for r in records if r["variant"] == v] for v in VARIANTS}
+    variants = [v for v in ALL_VARIANTS if any(r["variant"] == v for r in records)]
+    rows = {v: [r for r in records if r["variant"] == v] for v in variants}
     mean = lambda v, key: statistics.fmean(r[key] for r in rows[v])  # noqa: E731
     summary = {
         "model": args.model,
         "prompts": args.prompts,
         "n": args.n,
+        "micro_batch_size": args.micro_batch_size,
         "max_tokens": args.max_tokens,
         "steps": args.steps,
         "candidates": args.candidates,
         "chunk_tokens": args.chunk_tokens,
+        "variants": variants,
     }
-    for v in VARIANTS:
+    for v in variants:
         summary[f"{v}_generation_s"] = mean(v, "generation_s")
         summary[f"{v}_make_experience_s"] = mean(v, "make_experience_s")
         summary[f"{v}_total_s"] = summary[f"{v}_generation_s"] + summary[f"{v}_make_experience_s"]
-    for v in ("stream", "tokens"):
+        summary[f"{v}_response_tokens"] = mean(v, "response_tokens")
+    for v in variants:
+        if v == "plain":
+            continue
         summary[f"make_experience_ratio_{v}_over_plain"] = mean(v, "make_experience_s") / mean(
             "plain", "make_experience_s"
         )
-        summary[f"{v}_timing/darts_overlap_hidden_ratio"] = mean(v, "timing/darts_overlap_hidden_ratio")
-        summary[f"{v}_timing/darts_stream_wait"] = mean(v, "timing/darts_stream_wait")
-    for key in ("samples", "finished", "chunks", "tokens", "wasted_tokens", "released", "skipped"):
-        summary[f"tokens_darts/stream_token_{key}"] = mean("tokens", f"darts/stream_token_{key}")
-    summary["tokens_peak_kv_cache_bytes"] = max(r["darts/stream_token_peak_cache_bytes"] for r in rows["tokens"])
-    summary["tokens_chunk_forward_s"] = mean("tokens", "chunk_forward_s")
-    summary["tokens_chunk_backlog_at_generation_end_s"] = mean("tokens", "chunk_backlog_at_generation_end_s")
+        for key in (
+            "timing/darts_overlap_hidden_ratio",
+            "timing/darts_stream_wait",
+            "timing/darts_stream_wasted",
+            "darts/stream_waves",
+            "darts/stream_early_samples",
+            "darts/stream_late_samples",
+        ):
+            summary[f"{v}_{key}"] = mean(v, key)
+    if "tokens" in rows:
+        for key in ("samples", "finished", "chunks", "tokens", "wasted_tokens", "released", "skipped"):
+            summary[f"tokens_darts/stream_token_{key}"] = mean("tokens", f"darts/stream_token_{key}")
+        summary["tokens_peak_kv_cache_bytes"] = max(r["darts/stream_token_peak_cache_bytes"] for r in rows["tokens"])
+        summary["tokens_chunk_forward_s"] = mean("tokens", "chunk_forward_s")
+        summary["tokens_chunk_backlog_at_generation_end_s"] = mean("tokens", "chunk_backlog_at_generation_end_s")
     return summary
 
 
@@ -196,15 +258,16 @@ def plot(summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    gen = [summary[f"{v}_generation_s"] for v in VARIANTS]
-    make = [summary[f"{v}_make_experience_s"] for v in VARIANTS]
-    ax.barh(VARIANTS, gen, label="generation")
-    ax.barh(VARIANTS, make, left=gen, label="make experience after generation")
+    variants = summary["variants"]
+    fig, ax = plt.subplots(figsize=(6, 0.8 + 0.6 * len(variants)))
+    gen = [summary[f"{v}_generation_s"] for v in variants]
+    make = [summary[f"{v}_make_experience_s"] for v in variants]
+    ax.barh(variants, gen, label="generation")
+    ax.barh(variants, make, left=gen, label="make experience after generation")
     ax.set_xlabel("seconds per step (mean)")
     ax.set_title(f"{summary['model']}: {summary['prompts']} prompts x n={summary['n']}, {summary['candidates']}")
     ax.invert_yaxis()
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -212,7 +275,7 @@ def plot(summary: dict, path: Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="tiny", help="tiny | smollm2 | a local HF model folder")
+    parser.add_argument("--model", default="tiny", help="tiny | tiny-verbose | smollm2 | a local HF model folder")
     parser.add_argument("--prompts", type=int, default=8, help="prompts per step (--rollout.batch_size)")
     parser.add_argument("--n", type=int, default=4, help="samples kept per prompt (--rollout.n_samples_per_prompt)")
     parser.add_argument("--micro-batch-size", type=int, default=2, help="--rollout.micro_batch_size")
@@ -225,6 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="dual_end",
         help="dual_end: the default plan (1.25 n candidates, L=1); exactly_n: M'_i = n, every candidate streams",
     )
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated, from {','.join(ALL_VARIANTS)} (plain is always run: the ratios are against it)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/bench_streaming")
     return parser
@@ -232,6 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
+    variants = tuple(v for v in args.variants.split(",") if v)
+    unknown = sorted(set(variants) - set(ALL_VARIANTS))
+    if unknown or "plain" not in variants:
+        raise ValueError(f"--variants={args.variants!r}: use names from {ALL_VARIANTS}, plain included")
+    args.variants = variants
     for name in ("prompts", "n", "micro_batch_size", "max_tokens", "steps", "chunk_tokens"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1")

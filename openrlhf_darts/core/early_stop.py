@@ -83,6 +83,18 @@ class EarlyStop:
             raise ValueError(f"candidate {index} reported an abort but was not aborted (or finished by itself)")
         self.progress[index] = length
 
+    def releasable(self) -> tuple[int, ...] | None:
+        """Kept candidates whose place in the kept set is already final, ascending; None while none is (§3(g)).
+
+        Shortest-only groups: the kept set at its release (``kept``), all M at once. Dual-end groups: the K short
+        members once no pending candidate can displace them (``GroupSelector.short_end_final``, the release rule of
+        §3(c) with K in place of M); the L long members are known only when every candidate has stopped.
+        """
+        if self.plan.shortest_only:
+            return self.kept
+        short = self.selector.short_end_final([(self.progress[r], r) for r in self.pending])
+        return None if short is None else tuple(short)
+
     @property
     def aborted(self) -> list[int]:
         """Candidates stopped by an abort (racers excluded), ascending."""

@@ -11,7 +11,7 @@ Truncated candidates (stopped by the length cap) follow one of two rules (``--da
   so a truncated candidate usually becomes a dual-end group's long sample.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from openrlhf_darts.core._checks import (
     check_bool,
@@ -173,21 +173,35 @@ class GroupSelector:
             return sorted((int(self._truncated[j]), length, j) for j, length in self._lengths.items())
         return [(0, length, j) for length, j in self._valid]
 
-    def short_end_final(self, min_running_progress: int | None) -> list[int] | None:
-        """The K = num_short shortest valid finishes, once no running candidate can displace them; else None (§3(b)).
+    def short_end_final(self, pending: Iterable[tuple[int, int]]) -> list[int] | None:
+        """The K = num_short shortest valid finishes, once no candidate still pending can displace them; else None.
 
-        ``min_running_progress`` is the fewest tokens any still-running candidate has generated, or None when nothing
-        runs. A running candidate ends at least that long, so when the K-th shortest valid finish is no longer, the K
-        are final: they are kept whatever the rest does, since the fill branch keeps every valid candidate too. A
-        running candidate can at most tie the K-th length, and then the finished one is preferred, as in the abort
-        rule.
+        The release rule of §3(c) with K in place of M (§3(b), §3(g)). ``pending`` holds (progress, index) of every
+        candidate neither finished nor aborted: decoding, or waiting in the engine's queue with 0 tokens. Let b be the
+        (length, index) of the K-th shortest valid finish. A pending candidate r with progress g ends at least g long,
+        so it can order before b, and push a finished member out, only while (g, r) < b; ties order by index, as in
+        the abort rule (``core.early_stop``). Once every pending (g, r) orders after b, the K are kept whatever the
+        rest does: the fill branch of ``select_dual_end`` keeps every valid candidate too.
+
+        Both truncation rules give the same answer. A candidate that ends truncated is unranked under ``exclude`` and
+        ranks after every valid one under ``long_end``, so it never enters the short end while K valid finishes exist;
+        only a valid ending can displace b, and that ending is at least g long. Under ``long_end`` with fewer than K
+        valid finishes the short end would hold a truncated candidate, which a pending sibling can still displace by
+        ending valid at any length: nothing is final before the group ends (None).
         """
-        if min_running_progress is not None:
-            check_int("min_running_progress", min_running_progress, minimum=0)
         num_short = self.plan.num_short
+        keys = []
+        for key in pending:
+            progress, index = key
+            check_int("progress", progress, minimum=0)
+            check_int("index", index, minimum=0)
+            if index in self._lengths:
+                raise ValueError(f"candidate index={index} is pending but already finished; pass unstopped ones only")
+            keys.append((progress, index))
         if len(self._valid) < num_short:
             return None
-        if min_running_progress is not None and self._valid[num_short - 1][0] > min_running_progress:
+        bound = self._valid[num_short - 1]
+        if any(key < bound for key in keys):
             return None
         return sorted(j for _, j in self._valid[:num_short])
 

@@ -4,12 +4,17 @@ Standard library only. Three small rules, each used by the streaming experience 
 
 * **Indexing.** A kept sample's global index is `slot * n + rank`: the arrival slot of its group times the group size
   plus its rank inside the group, so upstream's per-prompt reshape (`rewards.reshape(-1, n)`) sees contiguous groups
-  whatever order the groups finished in.
-* **Waves.** Samples arrive group by group; they are cut into micro-batches of `micro_batch_size` consecutive samples,
-  exactly as upstream's `split_rollout_samples` cuts the whole batch, so every micro-batch (and its padding) is the one
-  the non-streamed path would build. A wave is released once at least `min_micro_batches` complete micro-batches wait
-  (upstream's `RayActorGroup.async_run_method_batch` needs at least one per data-parallel actor), and never so early
-  that the micro-batches still expected would form a final wave smaller than that.
+  whatever order the groups finished in. A group's rank order is its arrival order: the K short members released
+  before the group ended first, then the rest, each part in ascending candidate index.
+* **Waves** (`StreamLayout`). The batch is cut into micro-batches of `micro_batch_size` consecutive indices, exactly
+  as upstream's `split_rollout_samples` cuts the whole batch, so every micro-batch (and its padding) is the one the
+  non-streamed path builds over the same order. A micro-batch is ready once all its samples arrived, which need not
+  happen in index order (a group's short end arrives before its long end, and other groups' samples in between). A
+  wave is released once at least `min_micro_batches` ready micro-batches wait (upstream's
+  `RayActorGroup.async_run_method_batch` needs at least one per data-parallel actor), and never so early that the
+  micro-batches still to come would form a final wave smaller than that. The waves are joined in index order at
+  collection. A group dropped by dynamic filtering after its short end was released leaves its slot to the next
+  group; results holding its samples are wasted.
 * **Token chunks.** A still-decoding candidate may be scored chunk by chunk once it is certain to be kept: in any
   group with `num_candidates == num_keep` (nothing is dropped), and in a dual-end group once fewer than L candidates
   can still end above it by (length, index): the other running ones, plus the finishes that order after its current
@@ -19,6 +24,7 @@ Standard library only. Three small rules, each used by the streaming experience 
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,78 +41,204 @@ def sample_index(slot: int, rank: int, num_keep: int) -> int:
 
 
 @dataclass(frozen=True)
-class Wave:
-    """Samples [start, end) of the arrival order, sent to scoring together; micro-batches [first_mb, end_mb)."""
+class MicroBatch:
+    """Samples [start, start + len(samples)) of the batch in index order: one of upstream's micro-batches."""
 
     start: int
-    end: int
-    first_micro_batch: int
-    end_micro_batch: int
+    samples: tuple  # sample handles (hashable, e.g. ints), in index order
+
+
+@dataclass(frozen=True)
+class Wave:
+    """Micro-batches sent to scoring together, in index order; not necessarily adjacent (their groups are incomplete
+    in between)."""
+
+    micro_batches: tuple[MicroBatch, ...]
 
     @property
     def num_micro_batches(self) -> int:
-        return self.end_micro_batch - self.first_micro_batch
+        return len(self.micro_batches)
+
+    @property
+    def num_samples(self) -> int:
+        return sum(len(mb.samples) for mb in self.micro_batches)
 
 
-class WaveScheduler:
-    """Cuts an arriving stream of samples into waves of whole micro-batches (see the module docstring).
+class StreamLayout:
+    """Where each sample of one step sits in the batch, and which micro-batches to score when (module docstring).
 
-    `expected_samples` is the step's sample count (rollout batch size x n); the stream may end early (`flush`), e.g.
-    when the dataloader is exhausted, and the last wave then holds what is left.
+    A group takes a slot when its first samples arrive: the lowest slot a dropped group left free, else the next
+    one. Its samples occupy global indices `slot * n + rank` in arrival order, so a short end released before the
+    rest of its group (ranks 0..K-1) already has its final indices. The batch of `expected_groups * n` samples is cut
+    into micro-batches of `micro_batch_size` consecutive indices, as upstream's `split_rollout_samples` cuts the whole
+    batch; a micro-batch is ready once every index in it holds a sample, whatever the order of arrival. Ready
+    micro-batches are released as one wave once at least `min_micro_batches` wait, never leaving fewer than that still
+    to come (the final wave would otherwise be short), and at once when nothing else is to come.
+
+    A scored micro-batch is remembered by its content (the tuple of its samples), so a result stays valid exactly as
+    long as upstream's cut would put the same samples together. `drop(group)` (dynamic filtering judged a group whose
+    short end was already released) empties its slot: results holding its samples are no longer used (wasted). At
+    `close` the groups are packed into slots 0..G-1 in slot order (a slot left free by a drop nobody refilled is
+    closed up, and the batch may hold fewer than `expected_groups` groups), and every micro-batch of that final layout
+    not yet scored forms the last wave. Handles are opaque and hashable; each may appear once per step.
     """
 
-    def __init__(self, expected_samples: int, micro_batch_size: int, min_micro_batches: int):
-        if micro_batch_size < 1:
-            raise ValueError(f"micro_batch_size={micro_batch_size} must be >= 1 (--rollout.micro_batch_size)")
-        if min_micro_batches < 1:
-            raise ValueError(f"min_micro_batches={min_micro_batches} must be >= 1 (data-parallel actors per group)")
-        if expected_samples < 1:
-            raise ValueError(f"expected_samples={expected_samples} must be >= 1 (rollout batch size x n)")
-        expected_mb = -(-expected_samples // micro_batch_size)
+    def __init__(self, group_size: int, expected_groups: int, micro_batch_size: int, min_micro_batches: int):
+        for name, value in (
+            ("group_size", group_size),
+            ("expected_groups", expected_groups),
+            ("micro_batch_size", micro_batch_size),
+            ("min_micro_batches", min_micro_batches),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be an int >= 1")
+        expected_mb = -(-expected_groups * group_size // micro_batch_size)
         if expected_mb < min_micro_batches:
             raise ValueError(
-                f"{expected_samples} samples make {expected_mb} micro-batches of {micro_batch_size}, fewer than the "
-                f"{min_micro_batches} data-parallel actors; raise --rollout.batch_size or lower "
+                f"{expected_groups * group_size} samples make {expected_mb} micro-batches of {micro_batch_size}, "
+                f"fewer than the {min_micro_batches} data-parallel actors; raise --rollout.batch_size or lower "
                 "--rollout.micro_batch_size (upstream needs at least one micro-batch per actor)"
             )
-        self.expected_samples = expected_samples
+        self.group_size = group_size
+        self.expected_groups = expected_groups
         self.micro_batch_size = micro_batch_size
         self.min_micro_batches = min_micro_batches
-        self.expected_micro_batches = expected_mb
-        self.arrived = 0
-        self.dispatched_samples = 0
-        self.dispatched_micro_batches = 0
+        self._total = expected_groups * group_size  # samples of the layout micro-batches are cut from
+        self._slot: dict = {}  # group -> slot
+        self._members: dict = {}  # group -> its handles in rank order
+        self._free: list[int] = []  # slots dropped groups left, a heap
+        self._next_slot = 0
+        self._at: dict[int, object] = {}  # global index -> handle
+        self._seen: set = set()
+        self._done: set[tuple] = set()  # contents of the micro-batches released so far
+        self._ready: dict[int, MicroBatch] = {}  # micro-batch number -> its content, complete and not released
+        self._scored: set[int] = set()  # micro-batch numbers whose current content was released
+        self._undone = expected_mb  # micro-batches of the layout whose current content was not released
+        self.closed = False
         self.waves: list[Wave] = []
 
-    def add(self, count: int) -> list[Wave]:
-        """`count` more samples arrived; returns the waves to dispatch now (zero or one)."""
-        if count < 0:
-            raise ValueError(f"count={count} must be >= 0")
-        if self.arrived + count > self.expected_samples:
+    # ---- events ---------------------------------------------------------------------------------------------------
+    def add(self, group, samples) -> list[Wave]:
+        """`samples` (handles) of `group` arrived, in rank order after those it already has; returns the waves to
+        release now (zero or one)."""
+        self._require_open()
+        members = self._members.get(group)
+        if members is None:
+            if len(self._slot) >= self.expected_groups:
+                raise ValueError(
+                    f"group {group!r} would be group {len(self._slot) + 1} of a step that expects "
+                    f"{self.expected_groups}; the samples generator returns at most --rollout.batch_size groups"
+                )
+            slot = heapq.heappop(self._free) if self._free else self._next_slot
+            self._next_slot = max(self._next_slot, slot + 1)
+            self._slot[group], members = slot, self._members.setdefault(group, [])
+        if not samples or len(members) + len(samples) > self.group_size:
             raise ValueError(
-                f"{self.arrived + count} samples arrived but the step expects {self.expected_samples}; the samples "
-                "generator returns at most rollout batch size x n"
+                f"group {group!r}: {len(samples)} samples after {len(members)} would not make a part of a group of "
+                f"n={self.group_size}"
             )
-        self.arrived += count
-        complete_mb = self.arrived // self.micro_batch_size
-        if self.arrived == self.expected_samples:
-            return self.flush()
-        ready = complete_mb - self.dispatched_micro_batches
-        left_after = self.expected_micro_batches - complete_mb
-        if ready >= self.min_micro_batches and (left_after == 0 or left_after >= self.min_micro_batches):
-            return [self._cut(complete_mb, complete_mb * self.micro_batch_size)]
+        base = self._slot[group] * self.group_size
+        for handle in samples:
+            if handle in self._seen:
+                raise ValueError(f"sample {handle!r} was added twice")
+            self._seen.add(handle)
+            self._at[base + len(members)] = handle
+            members.append(handle)
+        self._refresh(base + len(members) - len(samples), base + len(members))
+        return self._release()
+
+    def drop(self, group) -> list[Wave]:
+        """`group` leaves the batch (dynamic filtering); its slot goes to the next new group. Returns the waves to
+        release now: fewer micro-batches are complete, so a held-back wave may no longer leave a short final one."""
+        self._require_open()
+        if group not in self._slot:
+            raise ValueError(f"group {group!r} has no samples in this step's layout")
+        slot = self._slot.pop(group)
+        members = self._members.pop(group)
+        base = slot * self.group_size
+        for rank in range(len(members)):
+            del self._at[base + rank]
+        heapq.heappush(self._free, slot)
+        self._refresh(base, base + len(members))
+        return self._release()
+
+    def close(self) -> list[Wave]:
+        """Generation ended: pack the groups, and return the last wave (every micro-batch not yet scored)."""
+        self._require_open()
+        partial = [g for g, m in self._members.items() if len(m) != self.group_size]
+        if partial:
+            raise ValueError(
+                f"groups {partial[:8]} have fewer than n={self.group_size} samples at the end of the step"
+            )
+        self.closed = True
+        order = sorted(self._slot, key=self._slot.get)
+        self._slot = {group: slot for slot, group in enumerate(order)}
+        self._at = {
+            slot * self.group_size + rank: handle
+            for group, slot in self._slot.items()
+            for rank, handle in enumerate(self._members[group])
+        }
+        self._total = len(order) * self.group_size
+        rest = tuple(mb for mb in self.micro_batches() if mb.samples not in self._done)
+        return [self._cut(rest)] if rest else []
+
+    # ---- the layout -----------------------------------------------------------------------------------------------
+    def micro_batches(self) -> list[MicroBatch]:
+        """After `close`: upstream's micro-batches of the final batch, in index order."""
+        if not self.closed:
+            raise ValueError("micro_batches() describes the final layout; call close() first")
+        size = self.micro_batch_size
+        return [
+            MicroBatch(start, tuple(self._at[i] for i in range(start, min(start + size, self._total))))
+            for start in range(0, self._total, size)
+        ]
+
+    def order(self) -> list:
+        """After `close`: the handles in global index order."""
+        return [handle for mb in self.micro_batches() for handle in mb.samples]
+
+    def index_of(self, group) -> list[int]:
+        """Global indices of `group`'s samples so far, in rank order (final only after `close`)."""
+        base = self._slot[group] * self.group_size
+        return list(range(base, base + len(self._members[group])))
+
+    # ---- internals ------------------------------------------------------------------------------------------------
+    def _require_open(self) -> None:
+        if self.closed:
+            raise ValueError("the layout is closed; open a new one for the next step")
+
+    def _refresh(self, start: int, end: int) -> None:
+        """Recompute the state of the micro-batches overlapping indices [start, end): scored, ready or open."""
+        size = self.micro_batch_size
+        for m in range(start // size, -(-end // size)):
+            first = m * size
+            content = tuple(self._at.get(i) for i in range(first, min(first + size, self._total)))
+            self._ready.pop(m, None)
+            if m in self._scored:
+                self._scored.discard(m)
+                self._undone += 1
+            if None in content:
+                continue
+            if content in self._done:
+                self._scored.add(m)
+                self._undone -= 1
+            else:
+                self._ready[m] = MicroBatch(first, content)
+
+    def _release(self) -> list[Wave]:
+        ready = len(self._ready)
+        left = self._undone - ready
+        if ready and (left == 0 or (ready >= self.min_micro_batches and left >= self.min_micro_batches)):
+            wave = self._cut(tuple(self._ready[m] for m in sorted(self._ready)))
+            self._scored.update(self._ready)
+            self._undone = left
+            self._ready.clear()
+            return [wave]
         return []
 
-    def flush(self) -> list[Wave]:
-        """The stream ended: everything not yet dispatched, partial last micro-batch included, as one final wave."""
-        if self.arrived == self.dispatched_samples:
-            return []
-        end_mb = -(-self.arrived // self.micro_batch_size)
-        return [self._cut(end_mb, self.arrived)]
-
-    def _cut(self, end_mb: int, end_sample: int) -> Wave:
-        wave = Wave(self.dispatched_samples, end_sample, self.dispatched_micro_batches, end_mb)
-        self.dispatched_samples, self.dispatched_micro_batches = end_sample, end_mb
+    def _cut(self, micro_batches: tuple[MicroBatch, ...]) -> Wave:
+        wave = Wave(micro_batches)
+        self._done.update(mb.samples for mb in micro_batches)
         self.waves.append(wave)
         return wave
 

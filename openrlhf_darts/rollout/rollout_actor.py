@@ -19,6 +19,11 @@ No remote call sits on the decode path: progress and finishes are counted in thi
 (`generate_group(..., stream_chunk_tokens=C)`), every candidate that is certain to be kept (`core.streaming.
 chunk_eligible`) puts full chunks of its sequence (`core.streaming.chunk_spans`) into a local outbox while it decodes;
 the trainer drains it with `pop_token_chunks` and forwards the chunks to the scorers (trainer/token_stream.py).
+
+With early release (`generate_group(..., early_release=True)`, the streaming collector of `--darts.stream`), kept
+candidates whose place in the kept set is final (`EarlyStop.releasable`: a dual-end group's K short members once no
+sibling can displace them) get their verdict at once, so the executor scores them while the long end still decodes,
+and go into a second outbox; `pop_stream_outbox` drains both outboxes in one call.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ class _Dropped(Exception):
 
 class _GroupRun:
     """Local state of one prompt's candidates: the early-stop state machine (core.early_stop), request ids, verdicts
-    and abort calls, and the token-streaming outbox."""
+    and abort calls, the token-streaming outbox and the early release of final kept candidates."""
 
     def __init__(
         self,
@@ -63,6 +68,7 @@ class _GroupRun:
         chunk_tokens: int | None = None,
         emit=None,
         group_id=None,
+        release=None,
     ):
         self.plan = plan
         self.stop = EarlyStop(plan, truncated_rule)
@@ -91,6 +97,12 @@ class _GroupRun:
         self.released = False
         self.start = time.perf_counter()
         self.release_s = 0.0
+        # Early release (spec 3(g)): `release(indices, responses)` hands kept candidates on as soon as their place in
+        # the kept set is final and their rewards are in; None: the group returns its kept responses at the end.
+        self._release = release
+        self.early: tuple[int, ...] = ()  # candidates released before the group ended
+        self.early_s: float | None = None  # when they became final
+        self.release_task: asyncio.Future | None = None
 
     @property
     def kept(self) -> tuple[int, ...] | None:
@@ -110,6 +122,7 @@ class _GroupRun:
             self.abort_tasks.append(asyncio.ensure_future(self._abort(index)))
             return
         self._apply(self.stop.on_progress(index, len(token_ids)))
+        self._release_final()
 
     def stream_key(self, index: int) -> str:
         """The id a candidate's chunks and its kept sample carry: `<group_id>/<candidate index>`."""
@@ -142,6 +155,7 @@ class _GroupRun:
                 "(multi-turn agents need a per-turn definition of length and finish)"
             )
         self._apply(self.stop.on_finish(index, length, truncated))
+        self._release_final()
         if self.chunk_tokens is not None:
             self._stream_chunks(sorted(self.stop.pending))  # a finish may make the rest certain to be kept
 
@@ -163,6 +177,32 @@ class _GroupRun:
             for index in self.stop.finished:
                 if not self.verdicts[index].done():  # racers got False when they were aborted
                     self.verdicts[index].set_result(index in keep)
+
+    def _release_final(self) -> None:
+        """Early release: once kept candidates are final (`EarlyStop.releasable`: a dual-end group's K short members
+        while its long end still decodes, a shortest-only group's n at its release), let their executors score them
+        now and hand them on when scored. A dual-end group whose short end is final only at its last finish releases
+        everything at the end instead."""
+        if self._release is None or self.release_task is not None:
+            return
+        members = self.stop.releasable()
+        if members is None or (not self.plan.shortest_only and self.stop.kept is not None):
+            return
+        self.early, self.early_s = members, time.perf_counter() - self.start
+        for index in members:
+            if not self.verdicts[index].done():
+                self.verdicts[index].set_result(True)  # kept whatever the rest does: the executor computes its reward
+        self.release_task = asyncio.ensure_future(self._release_when_scored(members))
+
+    async def _release_when_scored(self, members: tuple[int, ...]) -> None:
+        results = await asyncio.gather(*(self.tasks[j] for j in members), return_exceptions=True)
+        if any(isinstance(r, BaseException) for r in results):
+            return  # a candidate's own error (or the group's cancellation) fails the group in generate_group
+        try:
+            self._release(members, results)
+        except BaseException as error:  # e.g. a reward call that returned nothing: stop the rest now
+            self.fail(error)
+            raise
 
     async def _abort(self, index: int) -> None:
         # Marked before the call: AsyncLLM.abort finalizes the request's output synchronously, before its first await.
@@ -214,6 +254,9 @@ class _GroupRun:
             "raced": sorted(self.stop.raced),  # aborted candidates that finished by themselves first
             "abort_resent": self.abort_resent,
             "largest_output": list(self.largest_output),  # [M'_i] most tokens one stream output added
+            # Early release: the candidates handed on before the group ended, and when they became final.
+            "early": list(self.early),
+            "early_s": self.early_s,
         }
 
 
@@ -267,6 +310,7 @@ class DartsRolloutActor(RolloutRayActorBase):
         upstream.wrap_engine_llm(self, _ProgressStream)
         self._outcomes: list[dict] = []
         self._token_chunks: list[dict] = []
+        self._released_parts: list[dict] = []  # early release: kept responses waiting for pop_stream_outbox
 
     async def generate(self, prompt_token_ids, sampling_params, multi_modal_data=None):
         slot = _CANDIDATE.get()
@@ -320,6 +364,7 @@ class DartsRolloutActor(RolloutRayActorBase):
         group_id: int | None = None,
         stream_chunk_tokens: int | None = None,
         truncated_rule: str = "exclude",
+        early_release: bool = False,
     ) -> list[dict]:
         """Generate `plan.num_candidates` candidates for one prompt and return the `plan.num_keep` kept responses.
 
@@ -328,6 +373,14 @@ class DartsRolloutActor(RolloutRayActorBase):
         With `stream_chunk_tokens` (token streaming), certainly-kept candidates emit chunks of that many tokens to
         `pop_token_chunks` while they decode, and every kept response carries `darts_stream_key`.
         `truncated_rule` (`--darts.truncated`) says how selection ranks candidates the length cap stopped.
+
+        With `early_release` (the streaming collector, `--darts.stream`; needs `group_id`) the kept responses leave
+        through the outbox instead (`pop_stream_outbox`), in parts `{"group_id", "candidates", "responses"}`, each
+        part in ascending candidate index and scored when it goes out: a dual-end group's K short members as soon as
+        no sibling can displace them (`EarlyStop.releasable`), then the rest when the group ends; a shortest-only
+        group's n at its release. The call then returns [] once the group has ended and its last part is out. If the
+        group fails or is cancelled, its candidates are stopped (vLLM aborts their requests) and its parts and chunks
+        are taken back out of the outboxes before the error propagates.
         """
         if isinstance(plan, dict):
             plan = GroupPlan(**plan)
@@ -339,8 +392,27 @@ class DartsRolloutActor(RolloutRayActorBase):
             raise ValueError(f"stream_chunk_tokens={stream_chunk_tokens!r} must be a positive int or None")
         if truncated_rule not in TRUNCATED_RULES:
             raise ValueError(f"truncated_rule={truncated_rule!r} is not one of {TRUNCATED_RULES} (--darts.truncated)")
+        if early_release and group_id is None:
+            raise ValueError("early_release=True needs a group_id: released parts are matched to their group by it")
+
+        def finish_part(indices, responses: list[dict]) -> None:
+            self._check_rewards(responses)
+            if stream_chunk_tokens is not None:
+                for i, response in zip(indices, responses):
+                    response["darts_stream_key"] = group.stream_key(i)
+
+        def release(indices, responses: list[dict]) -> None:
+            finish_part(indices, responses)
+            self._released_parts.append({"group_id": group_id, "candidates": list(indices), "responses": responses})
+
         group = _GroupRun(
-            plan, upstream.engine_llm(self).abort, truncated_rule, stream_chunk_tokens, self._token_chunks.append, group_id
+            plan,
+            upstream.engine_llm(self).abort,
+            truncated_rule,
+            stream_chunk_tokens,
+            self._token_chunks.append,
+            group_id,
+            release if early_release else None,
         )
         group.tasks = [
             asyncio.create_task(
@@ -348,20 +420,37 @@ class DartsRolloutActor(RolloutRayActorBase):
             )
             for i in range(plan.num_candidates)
         ]
-        results = await asyncio.gather(*group.tasks, return_exceptions=True)
-        await asyncio.gather(*group.abort_tasks)  # abort errors are engine errors: raise them
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, (_Dropped, asyncio.CancelledError)):
-                raise result
-        if group.kept is None:
-            raise RuntimeError(f"group {group_id} ended without a kept set: {results!r}")
-        responses = [results[i] for i in group.kept]
-        self._check_rewards(responses)
-        if stream_chunk_tokens is not None:
-            for i, response in zip(group.kept, responses):
-                response["darts_stream_key"] = group.stream_key(i)
+        try:
+            results = await asyncio.gather(*group.tasks, return_exceptions=True)
+            await asyncio.gather(*group.abort_tasks)  # abort errors are engine errors: raise them
+            for result in results:
+                if isinstance(result, BaseException) and not isinstance(result, (_Dropped, asyncio.CancelledError)):
+                    raise result
+            if group.kept is None:
+                raise RuntimeError(f"group {group_id} ended without a kept set: {results!r}")
+            if group.release_task is not None:
+                await group.release_task  # the early part is out (or its error raises here)
+            rest = [i for i in group.kept if i not in group.early]
+            responses = [results[i] for i in rest]
+            if early_release and rest:
+                release(rest, responses)
+            else:
+                finish_part(rest, responses)
+        except BaseException:
+            await self._stop_group(group)
+            raise
         self._outcomes.append(group.record(prompt))
-        return responses
+        return [] if early_release else responses
+
+    async def _stop_group(self, group: _GroupRun) -> None:
+        """A failed or cancelled group: stop its candidates (cancelling a request's stream makes vLLM abort it), wait
+        until they are gone, and take its parts and token chunks back out of the outboxes."""
+        running = [*group.tasks, *([group.release_task] if group.release_task else [])]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, *group.abort_tasks, return_exceptions=True)
+        self._token_chunks[:] = [c for c in self._token_chunks if c["group_id"] != group.group_id]  # same list object
+        self._released_parts[:] = [p for p in self._released_parts if p["group_id"] != group.group_id]
 
     async def _run_candidate(self, group, index, prompt, label, sampling_params, max_length, hf_tokenizer, images):
         _CANDIDATE.set((group, index))  # this task's own context copy
@@ -402,6 +491,15 @@ class DartsRolloutActor(RolloutRayActorBase):
         chunks = list(self._token_chunks)
         self._token_chunks.clear()  # the same list: running groups hold its `append`
         return chunks
+
+    def pop_stream_outbox(self) -> dict[str, list[dict]]:
+        """Everything the streaming collector drains, taken at once: `{"chunks": pop_token_chunks(), "parts": [...]}`,
+        `parts` being the early-released kept responses (`generate_group(..., early_release=True)`) in release order.
+        Taken together, so every chunk of a sample emitted before its part was released is in the same answer or an
+        earlier one."""
+        parts = list(self._released_parts)
+        self._released_parts.clear()
+        return {"chunks": self.pop_token_chunks(), "parts": parts}
 
     def pop_group_outcomes(self) -> list[dict]:
         """Outcomes of the groups finished since the last call: one call per engine per step."""

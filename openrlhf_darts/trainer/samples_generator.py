@@ -5,7 +5,10 @@
   group outcomes from the engines (one call per engine), feeds the planner and computes `darts/*` metrics;
 - `_dispatch_prompts_to_vllm` plans the prompts and calls `generate_group` instead of `generate_responses`.
 Each ref still resolves to n response dicts, so upstream's collection loop, dynamic filtering and experience building
-run unchanged, and every group stays contiguous.
+run unchanged, and every group stays contiguous. With a `group_sink` (`--darts.stream`), training rollouts are collected
+by `_generate_streaming` instead, a mirror of upstream's loop that takes each group's kept samples in parts as the
+engines release them (a dual-end group's short end before its long end) and hands them to the streaming experience
+maker.
 
 **Warm-up** (`--darts.warmup_steps W`, the reference DAPO trainer's first steps): while fewer than W training steps have
 completed (`completed_steps`, which the trainer sets from upstream's `global_step`, checkpoints included), the prompts
@@ -27,7 +30,8 @@ from openrlhf_darts.core.types import GroupOutcome, GroupPlan
 from openrlhf_darts.metrics import outcome_metrics
 from openrlhf_darts.trainer.planner import GroupPlanner, prompt_key
 
-TOKEN_POLL_S = 0.05  # how often a token-streaming rollout drains the engines' chunk outboxes
+STREAM_POLL_S = 0.05  # how often a streaming rollout drains the engines' outboxes (token chunks, released parts)
+ABANDON_WAIT_S = 60.0  # how long a failed streaming step waits for its cancelled groups to stop
 
 
 def warmup_plans(config: DartsConfig, prompts: list[str]) -> list[GroupPlan]:
@@ -51,8 +55,9 @@ class DartsSamplesGenerator(upstream.SamplesGenerator):
         self._training_rollout = False
         self._next_group_id = 0
         self._group_prompts: dict[int, str] = {}
-        self._ref_groups: dict = {}  # generate_group ref -> its group id (token streaming releases by group)
+        self._ref_groups: dict = {}  # generate_group ref -> its group id (streaming: parts come by group id)
         self._stream_chunk_tokens: int | None = None  # set while a token-streaming rollout runs
+        self._streaming = False  # set while _generate_streaming runs
         self.completed_steps = 0  # training steps done (upstream's global_step), set by DartsPPOTrainer
         self._warmup = False  # this rollout is a warm-up step (--darts.warmup_steps)
         self.last_outcomes: list[GroupOutcome] = []
@@ -114,9 +119,10 @@ class DartsSamplesGenerator(upstream.SamplesGenerator):
                     group_id=group_id,
                     stream_chunk_tokens=self._stream_chunk_tokens,
                     truncated_rule=self.config.truncated,
+                    early_release=self._streaming and self.early_release,
                 )
             )
-            if self._stream_chunk_tokens is not None:
+            if self._streaming:
                 self._ref_groups[refs[-1]] = group_id
         return refs
 
@@ -145,6 +151,9 @@ class DartsSamplesGenerator(upstream.SamplesGenerator):
     # The experience maker that scores groups while generation continues (open_stream / dispatch_group /
     # close_stream / abort_stream); set by the trainer when --darts.stream is on, None means upstream's collection.
     group_sink = None
+    # Streaming: ask the engines to release kept samples as soon as they are final (a dual-end group's short end before
+    # its long end). False hands on whole groups only, as before per-sample release (bench.streaming's stream_group).
+    early_release = True
 
     def _generate_vllm(self, dataloader_iter, num_prompts: int, dynamic_filtering, **generate_kwargs):
         # Training rollouts draw from upstream's own training iterator; evaluation passes its own and stays upstream's.
@@ -154,14 +163,23 @@ class DartsSamplesGenerator(upstream.SamplesGenerator):
         return self._generate_streaming(dataloader_iter, num_prompts, dynamic_filtering, **generate_kwargs)
 
     def _generate_streaming(self, dataloader_iter, num_prompts: int, dynamic_filtering, **generate_kwargs):
-        """Upstream's contract `(experiences, prompts_consumed, exhausted)`, handing each accepted group to the sink
-        the moment it resolves, so its forwards run while the other groups still generate.
+        """Upstream's contract `(experiences, prompts_consumed, exhausted)`, handing each group's kept samples to the
+        sink as soon as they are final, so their forwards run while the other groups still generate.
 
         Mirrors samples_generator.py@0.11.2 `SamplesGenerator._generate_vllm` (pinned in `upstream.BEHAVIOUR_PINNED`):
         the prompt draw, the ray.wait loop, the experience building and the filter-and-replace rule are upstream's.
 
-        Dynamic filtering keeps upstream's semantics: a group whose mean score is not strictly inside
-        `--algo.dynamic_filtering_range` is dropped (only when every sample has a score) and replaced by one new prompt.
+        The engines release each group's kept samples in parts (`generate_group(..., early_release=True)`): a
+        dual-end group's K short members once no sibling can displace them, the rest when it ends; a shortest-only
+        group's n at its release (with `early_release = False` a group's ref brings its n at the end instead). The
+        first part of a group that is not complete yet goes to the sink at once (`dispatch_part`). Dynamic filtering keeps upstream's semantics on whole groups: once all n are in, a group
+        whose mean score is not strictly inside `--algo.dynamic_filtering_range` is dropped (only when every sample has
+        a score; `drop_group`, its released part's forwards are wasted) and replaced by one new prompt; otherwise it
+        is accepted (`dispatch_group`). The returned experiences are in the sink's index order (`close_stream`):
+        every group contiguous, its samples in release order.
+
+        If anything fails, the groups still generating are cancelled (their engines abort every request of them) and
+        the engines' outboxes and group records of this step are emptied before the error propagates.
         """
         from tqdm import tqdm
 
@@ -170,49 +188,95 @@ class DartsSamplesGenerator(upstream.SamplesGenerator):
             return [], 0, True
         consumed = len(prompts)
         sink = self.group_sink
+        n = self.config.n_samples_per_prompt
         tokens = getattr(sink, "token_streamer", None) is not None
         self._stream_chunk_tokens = self.config.stream_chunk_tokens if tokens else None
+        self._streaming = True
         sink.open_stream()
+        pending = []
+        parts: dict[int, tuple[list, list]] = {}  # group id -> (experiences, stream keys) released so far
+
+        def take(group_id: int, responses: list[dict], last: bool) -> None:
+            """A part of a group (`last`: what its ref returned once it ended); hands it on once it can be."""
+            nonlocal consumed, exhausted
+            if group_id in complete:
+                if responses:
+                    raise RuntimeError(f"group {group_id} sent {len(responses)} samples after its n={n} were in")
+                return
+            new = [self._process_response_into_experience(r, **generate_kwargs) for r in responses]
+            keys = [r.get("darts_stream_key") for r in responses]  # None without token streaming
+            group, group_keys = parts.setdefault(group_id, ([], []))
+            first = not group
+            group += new
+            group_keys += keys
+            if len(group) < n and first and not last:
+                sink.dispatch_part(new, group_id=group_id, stream_keys=keys)  # e.g. a dual-end group's short end
+                return
+            if len(group) < n and not last:
+                raise RuntimeError(
+                    f"group {group_id} released a second part ({len(new)} samples after {len(group) - len(new)}) "
+                    f"before it ended; a group releases one early part, then the rest, n={n} in all"
+                )
+            if len(group) != n:
+                raise RuntimeError(f"group {group_id} ended with {len(group)} kept samples; expected n={n}")
+            complete.add(group_id)
+            if dynamic_filtering and not self._passes_dynamic_filter(group):
+                sink.drop_group(group_id)
+                new_prompts, new_labels, new_images, exhausted = upstream.collect_prompt_batch(dataloader_iter, 1)
+                consumed += len(new_prompts)
+                if new_prompts:
+                    pending.extend(
+                        self._dispatch_prompts_to_vllm(new_prompts, new_labels, images=new_images, **generate_kwargs)
+                    )
+                return
+            sink.dispatch_group(group, group_id=group_id, stream_keys=group_keys)
+            bar.update()
+
+        complete: set[int] = set()
         try:
-            pending = list(self._dispatch_prompts_to_vllm(prompts, labels, images=images, **generate_kwargs))
-            accepted = []
+            pending += self._dispatch_prompts_to_vllm(prompts, labels, images=images, **generate_kwargs)
             with tqdm(total=len(prompts), desc="Generate samples (streaming)") as bar:
                 while pending:
-                    ready, pending = ray.wait(pending, num_returns=1, timeout=TOKEN_POLL_S if tokens else None)
-                    if tokens:
-                        # Drained after the wait, so a resolved group's chunks are all in before it is dispatched.
-                        sink.add_token_chunks(self._pop_token_chunks())
-                    if not ready:
-                        continue
-                    group_id = self._ref_groups.pop(ready[0], None)
-                    responses = ray.get(ready[0])
-                    group = [self._process_response_into_experience(r, **generate_kwargs) for r in responses]
-                    if dynamic_filtering and not self._passes_dynamic_filter(group):
-                        sink.drop_group(group_id)
-                        new_prompts, new_labels, new_images, exhausted = upstream.collect_prompt_batch(
-                            dataloader_iter, 1
-                        )
-                        consumed += len(new_prompts)
-                        if new_prompts:
-                            pending += self._dispatch_prompts_to_vllm(
-                                new_prompts, new_labels, images=new_images, **generate_kwargs
-                            )
-                        continue
-                    accepted.extend(group)
-                    keys = [r.get("darts_stream_key") for r in responses]  # all None without token streaming
-                    sink.dispatch_group(group, group_id=group_id, stream_keys=keys)
-                    bar.update()
+                    ready, waiting = ray.wait(pending, num_returns=1, timeout=STREAM_POLL_S)
+                    pending[:] = waiting
+                    # Drained after the wait, so a resolved group's parts and chunks are in before its ref is taken.
+                    chunks, released = self._pop_stream_outbox()
+                    if chunks:
+                        sink.add_token_chunks(chunks)
+                    for part in released:
+                        take(part["group_id"], part["responses"], last=False)
+                    for ref in ready:
+                        group_id = self._ref_groups.pop(ref)
+                        take(group_id, ray.get(ref), last=True)  # ray.get raises the group's error
+                        parts.pop(group_id, None)
+                        complete.discard(group_id)
         except BaseException:
+            self._abandon_step(pending)
             sink.abort_stream()
             raise
         finally:
             self._stream_chunk_tokens = None
+            self._streaming = False
             self._ref_groups.clear()
-        sink.close_stream()
-        return accepted, consumed, exhausted
+        return sink.close_stream(), consumed, exhausted
 
-    def _pop_token_chunks(self) -> list[dict]:
-        return [c for cs in ray.get([e.pop_token_chunks.remote() for e in self.vllm_engines]) for c in cs]
+    def _pop_stream_outbox(self) -> tuple[list[dict], list[dict]]:
+        """Token chunks and released parts of every engine (`pop_stream_outbox`), in each engine's emission order."""
+        boxes = ray.get([e.pop_stream_outbox.remote() for e in self.vllm_engines])
+        return [c for box in boxes for c in box["chunks"]], [p for box in boxes for p in box["parts"]]
+
+    def _abandon_step(self, refs: list) -> None:
+        """A failed streaming step: cancel the groups still generating (the engine actor stops their candidates, and
+        vLLM aborts a request whose stream is cancelled), wait for them to end, then empty the engines' outboxes and
+        group records, so no request, chunk or part of this step outlives it."""
+        for ref in refs:
+            ray.cancel(ref)
+        if refs:
+            ray.wait(refs, num_returns=len(refs), timeout=ABANDON_WAIT_S)
+        self._pop_stream_outbox()
+        for records in ray.get([e.pop_group_outcomes.remote() for e in self.vllm_engines]):
+            for record in records:
+                self._group_prompts.pop(record["group_id"], None)
 
     def _passes_dynamic_filter(self, group) -> bool:
         if any(e.scores is None for e in group):

@@ -93,15 +93,16 @@ def test_dual_end_keeps_k_shortest_and_l_longest(ray_cluster, darts_engine, toke
 
 
 def test_long_end_keeps_truncated_candidates_as_the_long_end(ray_cluster, darts_engine, tokenizer, reward_log):
-    # --darts.truncated long_end: capped candidates rank longest. With a 12-token cap the tiny model (stops ~4% a
-    # step) runs into the cap in about 0.96^12 = 61% of candidates, so a group of 10 has truncated ones.
-    plan = GroupPlan(num_candidates=10, num_keep=6, num_long=2)
+    # --darts.truncated long_end: capped candidates rank longest. With a 20-token cap the tiny model (stops ~4% a
+    # step) runs into the cap in about 0.96^20 = 44% of candidates; of 24 candidates, at least 2 are truncated and at
+    # least 4 valid in all but ~2e-5 of runs (binomial tails), which the precondition below asserts.
+    plan = GroupPlan(num_candidates=24, num_keep=6, num_long=2)
     calls_before = count_lines(reward_log)
     responses, outcome = _run_group(
-        ray_cluster, darts_engine, tokenizer, plan, max_tokens=12, truncated_rule="long_end"
+        ray_cluster, darts_engine, tokenizer, plan, max_tokens=20, truncated_rule="long_end"
     )
-    truncated = [j for j in range(10) if outcome.truncated[j]]
-    valid = sorted((outcome.lengths[j], j) for j in range(10) if not outcome.truncated[j])
+    truncated = [j for j in range(24) if outcome.truncated[j]]
+    valid = sorted((outcome.lengths[j], j) for j in range(24) if not outcome.truncated[j])
     # Precondition: at least L = 2 truncated and K = 4 valid candidates.
     assert len(truncated) >= 2 and len(valid) >= 4, (outcome.lengths, outcome.truncated)
     assert outcome.truncated_rule == "long_end" and outcome.num_aborted == 0
@@ -185,3 +186,66 @@ def test_upstream_generate_responses_is_untouched(ray_cluster, darts_engine, tok
     assert len(responses) == 3
     assert set(responses[0]) >= {"observation_tokens", "action_ranges", "truncated", "reward", "scores", "extra_logs"}
     assert ray_cluster.get(darts_engine.pop_group_outcomes.remote()) == []
+
+
+def _drain_parts(ray_cluster, engine, ref, group_id):
+    """Poll the engine's outbox while the group runs: (parts, whether the group had ended when each part was seen)."""
+    import time
+
+    parts = []
+    while True:
+        done = bool(ray_cluster.wait([ref], timeout=0)[0])
+        box = ray_cluster.get(engine.pop_stream_outbox.remote())
+        parts += [(part, done) for part in box["parts"]]
+        if done:
+            return parts
+        time.sleep(0.02)
+
+
+def test_early_release_hands_out_the_short_end_before_the_long_end(ray_cluster, darts_engine, tokenizer, reward_log):
+    # Dual-end (10 candidates, keep 6, long 2): K = 4. Cap 200: the longest of 10 candidates stopping ~4% a step
+    # outlives the 4th shortest by ~40 decode steps on average; the precondition below asserts it happened.
+    plan = GroupPlan(num_candidates=10, num_keep=6, num_long=2)
+    calls_before = count_lines(reward_log)
+    ref = darts_engine.generate_group.remote(
+        prompt=PROMPT, label="", sampling_params=_params(tokenizer, 200), max_length=512, hf_tokenizer=tokenizer,
+        plan=plan, group_id=11, early_release=True,
+    )  # fmt: skip
+    parts = _drain_parts(ray_cluster, darts_engine, ref, 11)
+    assert ray_cluster.get(ref) == []  # every kept response left through the outbox
+    (record,) = ray_cluster.get(darts_engine.pop_group_outcomes.remote())
+    outcome = GroupOutcome.from_dict(record["outcome"])
+    (short, short_done), (rest, _) = parts
+    # Precondition: the short end was out while the group still ran.
+    assert not short_done and record["early_s"] < outcome.elapsed_s, (record["early_s"], outcome.elapsed_s)
+    valid = sorted((outcome.lengths[j], j) for j in range(10) if not outcome.truncated[j])
+    assert len(valid) >= 4
+    # The short end: the K = 4 shortest valid candidates (ties by index), ascending, scored, with their own lengths.
+    assert short["group_id"] == 11 and short["candidates"] == sorted(j for _, j in valid[:4])
+    assert [_response_length(r) for r in short["responses"]] == [outcome.lengths[j] for j in short["candidates"]]
+    assert all(r["reward"] is not None for r in short["responses"])
+    # The rest when the group ended; together exactly the kept set, and only kept candidates were scored.
+    assert sorted(short["candidates"] + rest["candidates"]) == list(outcome.kept)
+    assert record["early"] == short["candidates"]
+    assert count_lines(reward_log) - calls_before == 6
+    assert ray_cluster.get(darts_engine.get_num_unfinished_requests.remote()) == 0
+
+
+def test_early_release_of_a_shortest_only_group_is_its_whole_kept_set(ray_cluster, darts_engine, tokenizer):
+    plan = GroupPlan(num_candidates=12, num_keep=4, num_long=0)
+    ref = darts_engine.generate_group.remote(
+        prompt=PROMPT, label="", sampling_params=_params(tokenizer, 200), max_length=512, hf_tokenizer=tokenizer,
+        plan=plan, group_id=12, early_release=True,
+    )  # fmt: skip
+    parts = _drain_parts(ray_cluster, darts_engine, ref, 12)
+    assert ray_cluster.get(ref) == []
+    (record,) = ray_cluster.get(darts_engine.pop_group_outcomes.remote())
+    ((part, _),) = parts
+    assert part["candidates"] == list(GroupOutcome.from_dict(record["outcome"]).kept) == record["early"]
+    with pytest.raises(ValueError, match="early_release=True needs a group_id"):
+        ray_cluster.get(
+            darts_engine.generate_group.remote(
+                prompt=PROMPT, label="", sampling_params=_params(tokenizer), max_length=512, hf_tokenizer=tokenizer,
+                plan=plan, early_release=True,
+            )  # fmt: skip
+        )

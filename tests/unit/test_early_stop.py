@@ -62,6 +62,7 @@ def simulate(plan, rule, natural, cap, slots, every, lag, seed):
     landing: dict[int, int] = {}  # aborted candidate -> decode steps left before its abort lands
     stop_order: list[int] = []  # candidates in the order their finishes reached the actor
     invariant_ok = True
+    released = None  # stop.releasable() the first time it was not None
 
     def abort(indices):
         for j in indices:
@@ -98,11 +99,18 @@ def simulate(plan, rule, natural, cap, slots, every, lag, seed):
                 abort(stop.on_finish(j, final[j], truncated[j]))
             else:
                 abort(stop.on_progress(j, tokens[j]))
+            now = stop.releasable()
+            if released is not None:
+                invariant_ok &= now == released  # once final, the released members never change
+            elif now is not None:
+                released = now
             bound = stop.selector.release_key()
             if rule == "exclude" and plan.shortest_only and bound is not None and stop.kept is None:
                 # After every event, nothing pending runs past the bound: queued siblings hold nobody back.
                 invariant_ok &= all((stop.progress[r], r) <= bound for r in stop.pending)
-    return stop, dict(final=final, truncated=truncated, stop_order=stop_order, invariant_ok=invariant_ok)
+    return stop, dict(
+        final=final, truncated=truncated, stop_order=stop_order, invariant_ok=invariant_ok, released=released
+    )
 
 
 def check_common(stop, trace, case):
@@ -113,6 +121,17 @@ def check_common(stop, trace, case):
     # The engine's record builds, and its kept set agrees with selection over the finished candidates (racers too).
     outcome = GroupOutcome.from_results(plan, results, truncated_rule=case["rule"], kept=stop.kept)
     assert outcome.kept == stop.kept
+    # Released members (§3(g): the short end of a dual-end group, the whole kept set of a shortest-only one) are kept,
+    # and a dual-end group's are its K shortest valid candidates by (length, index).
+    released = trace["released"]
+    if plan.shortest_only:
+        assert released == stop.kept
+    else:
+        valid = sorted((trace["final"][j], j) for j in range(plan.num_candidates) if not trace["truncated"][j])
+        if len(valid) >= plan.num_short:
+            assert released == tuple(sorted(j for _, j in valid[: plan.num_short]))
+        else:
+            assert released is None
     for j in stop.raced:
         # A racer stopped by itself: its true length, not a censored one.
         assert not outcome.aborted[j] and outcome.lengths[j] == trace["final"][j]
@@ -226,3 +245,27 @@ def test_early_stop_rejects_bad_events():
         stop.results()
     with pytest.raises(ValueError, match="truncated_rule='drop'"):
         EarlyStop(GroupPlan(3, 1, 0), "drop")
+
+
+def test_short_end_is_released_once_no_pending_sibling_can_displace_it():
+    # Dual-end plan (5 candidates, keep 3, long 1): K = 2. Candidates 0 and 4 decode, 1 waits in the queue (0 tokens).
+    stop = EarlyStop(GroupPlan(5, 3, 1))
+    stop.on_progress(0, 6)
+    stop.on_progress(4, 9)
+    stop.on_finish(2, 3, False)
+    stop.on_finish(3, 4, False)
+    # The K-th shortest is b = (4, 3). The queued candidate 1 could still end shorter: nothing is released.
+    assert stop.releasable() is None
+    stop.on_progress(1, 4)
+    assert stop.releasable() is None  # (4, 1) < (4, 3): it could end at 4 and win the tie by index
+    stop.on_progress(1, 5)
+    assert stop.releasable() == (2, 3)  # every pending (progress, index) orders after b
+    assert stop.kept is None and stop.pending == {0, 1, 4}  # the long end is open until everything stops
+    # Shortest-only: the whole kept set, at its release.
+    stop = EarlyStop(GroupPlan(3, 1, 0))
+    stop.on_progress(1, 4)
+    assert stop.releasable() is None
+    assert stop.on_finish(0, 2, False) == [1]
+    assert stop.releasable() is None  # candidate 2 has 0 tokens and could still finish shorter
+    assert stop.on_progress(2, 3) == [2]
+    assert stop.releasable() == stop.kept == (0,)

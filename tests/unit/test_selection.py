@@ -1,5 +1,7 @@
 """Dual-end selection (§3(b)) and its online form, the GroupSelector (§3(c))."""
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -267,6 +269,7 @@ def test_lockstep_early_abort_keeps_what_running_everything_keeps(group, rnd):
 
 @given(groups(), st.randoms(use_true_random=True))
 def test_short_end_final_is_stable_and_part_of_the_final_kept_set(group, rnd):
+    # Lockstep decoding: after step t every running candidate has t tokens (and ends longer than t).
     lengths, truncated, num_keep, num_long = group
     plan = plan_for(lengths, num_keep, num_long)
     final = select_dual_end(lengths, truncated, num_keep, num_long)
@@ -278,8 +281,8 @@ def test_short_end_final_is_stable_and_part_of_the_final_kept_set(group, rnd):
         rnd.shuffle(now)
         for j in now:
             selector.on_finish(j, lengths[j], truncated[j])
-        running = selector.num_finished < len(lengths)
-        result = selector.short_end_final(t if running else None)
+        pending = [(t, j) for j in range(len(lengths)) if j not in selector.finished_indices]
+        result = selector.short_end_final(pending)
         if released is not None:
             assert result == released  # once final, it never changes
         if result is not None:
@@ -291,16 +294,78 @@ def test_short_end_final_is_stable_and_part_of_the_final_kept_set(group, rnd):
     assert (released is not None) == (len(valid) >= plan.num_short)
 
 
-def test_short_end_final_waits_for_slow_running_candidates():
-    # Plan (4 candidates, keep 3, long 1): K = 2. Finished: index 0 (length 5), index 1 (length 8).
+def test_short_end_final_waits_for_pending_candidates():
+    # Plan (4 candidates, keep 3, long 1): K = 2. Index 1 finishes at 5 tokens: 1 valid finish < K.
     selector = GroupSelector(GroupPlan(4, 3, 1))
-    selector.on_finish(0, 5, False)
-    assert selector.short_end_final(min_running_progress=100) is None  # only 1 of K=2 valid finishes
-    selector.on_finish(1, 8, False)
-    # The K-th shortest is 8 tokens; a running candidate at 7 tokens could still finish at 7 < 8 and displace it.
-    assert selector.short_end_final(min_running_progress=7) is None
-    assert selector.short_end_final(min_running_progress=8) == [0, 1]
-    assert selector.short_end_final(min_running_progress=None) == [0, 1]
+    selector.on_finish(1, 5, False)
+    assert selector.short_end_final([(100, 0), (100, 2), (100, 3)]) is None
+    # Index 2 finishes at 8: b = (8, 2). Candidate 0 at 7 tokens could still end at 7 < 8 and displace index 2.
+    selector.on_finish(2, 8, False)
+    assert selector.short_end_final([(7, 0), (9, 3)]) is None
+    # At 8 tokens candidate 0 could still end at exactly 8, and (8, 0) < (8, 2) by index: not final either.
+    assert selector.short_end_final([(8, 0), (9, 3)]) is None
+    # Candidate 3 at 8 tokens orders after (8, 2) by index; candidate 0 past 8: final.
+    assert selector.short_end_final([(9, 0), (8, 3)]) == [1, 2]
+    # A candidate still waiting in the engine's queue (0 tokens) could finish shortest.
+    assert selector.short_end_final([(9, 0), (0, 3)]) is None
+    assert selector.short_end_final([]) == [1, 2]
+    with pytest.raises(ValueError, match="candidate index=1 is pending but already finished"):
+        selector.short_end_final([(9, 1)])
+
+
+def test_short_end_final_under_long_end_with_a_truncated_finish():
+    # long_end, plan (4, 3, 1), K = 2. Index 0 truncated at the cap 10, index 1 valid at 4. The two lowest by
+    # (truncated, length, index) are (0, 4, 1) and (1, 10, 0): a pending sibling ending valid at any length would
+    # push index 0 out, so nothing is final. Once index 2 finishes valid at 6 the short end is {1, 2} and candidate 3,
+    # at 7 tokens, can only end above it (valid at >= 7, or truncated: ranked last).
+    selector = GroupSelector(GroupPlan(4, 3, 1), "long_end")
+    selector.on_finish(0, 10, True)
+    selector.on_finish(1, 4, False)
+    assert selector.short_end_final([(7, 2), (7, 3)]) is None
+    selector.on_finish(2, 6, False)
+    assert selector.short_end_final([(7, 3)]) == [1, 2]
+
+
+CAP = 5  # brute force: a pending candidate ends valid at any length in [progress, CAP - 1] or truncated at CAP
+
+
+@given(st.binary(min_size=20, max_size=20), st.sampled_from(["exclude", "long_end"]))
+def test_short_end_final_against_brute_force(raw, rule):
+    # A group mid-flight: finished candidates (length, truncated) and pending ones (progress). The short end of a
+    # finished group is its K lowest candidates by (truncated, length, index): under both rules that is the K
+    # shortest valid ones when there are K, and it is always kept. short_end_final must return S exactly when every
+    # way the pending candidates can end gives the short end S, and S holds finished candidates only.
+    num_candidates = 2 + raw[0] % 5
+    num_keep = 2 + raw[1] % (num_candidates - 1) if num_candidates > 2 else 2
+    num_long = 1 + raw[2] % (num_keep - 1)
+    plan = GroupPlan(num_candidates, num_keep, num_long)
+    pending = {j: raw[4 + j] % CAP for j in range(num_candidates) if raw[12 + j] % 3 == 0}
+    selector = GroupSelector(plan, rule)
+    finished = {}
+    for j in range(num_candidates):
+        if j not in pending:
+            finished[j] = (CAP, True) if raw[4 + j] >= 200 else (raw[4 + j] % CAP, False)
+            selector.on_finish(j, *finished[j])
+    result = selector.short_end_final([(g, j) for j, g in pending.items()])
+    options = [[(j, (length, False)) for length in range(g, CAP)] + [(j, (CAP, True))] for j, g in pending.items()]
+    short_ends = set()
+    for ends in itertools.product(*options):
+        final = {**finished, **dict(ends)}
+        lengths = [final[j][0] for j in range(num_candidates)]
+        cut = [final[j][1] for j in range(num_candidates)]
+        ranked = sorted(range(num_candidates), key=lambda j: (cut[j], lengths[j], j))
+        short = sorted(ranked[: plan.num_short])
+        assert result is None or result == short  # sound
+        assert result is None or set(result) <= set(select_dual_end(lengths, cut, num_keep, num_long, rule))
+        short_ends.add(tuple(short))
+    if pending:
+        # Exact while anything is pending: None means some completion changes the short end, or a member of it is
+        # still pending (only finished samples can be released).
+        certain = len(short_ends) == 1 and set(next(iter(short_ends))) <= set(finished)
+        assert (result is not None) == certain
+    else:
+        valid = sum(not cut for _, cut in finished.values())
+        assert (result is not None) == (valid >= plan.num_short)
 
 
 def test_hand_example_online_shortest_only():
@@ -358,7 +423,7 @@ def test_selector_rejects_bad_events():
         selector.on_finish(1, 5, None)
     with pytest.raises(ValueError, match="only 1 candidates finished but num_keep=2"):
         selector.kept()
-    with pytest.raises(ValueError, match="min_running_progress=-1"):
-        selector.short_end_final(-1)
+    with pytest.raises(ValueError, match="progress=-1"):
+        selector.short_end_final([(-1, 2)])
     with pytest.raises(TypeError, match="plan=3"):
         GroupSelector(3)

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from openrlhf_darts.core.selection import select_dual_end
-from openrlhf_darts.core.streaming import WaveScheduler, chunk_eligible, chunk_spans, sample_index
+from openrlhf_darts.core.streaming import StreamLayout, chunk_eligible, chunk_spans, sample_index
 
 pytestmark = pytest.mark.unit
 
@@ -34,57 +34,195 @@ def test_indices_are_contiguous_per_group_whatever_the_completion_order(n, compl
 
 
 # ---- waves ---------------------------------------------------------------------------------------------------------
-def test_waves_hand_case():
+def test_waves_hand_case_groups_arrive_whole():
     # 4 groups of n=4 (16 samples), micro-batch 2 -> 8 micro-batches; 2 DP actors -> waves of >= 2 micro-batches.
-    # Group 1 (4 samples = 2 mb): release [0, 4); group 2: [4, 8); group 3: [8, 12); group 4 completes the step.
-    waves = WaveScheduler(16, 2, 2)
-    got = [w for _ in range(4) for w in waves.add(4)]
-    assert [(w.start, w.end) for w in got] == [(0, 4), (4, 8), (8, 12), (12, 16)]
+    # Each whole group fills 2 micro-batches: a wave per group, in index order.
+    layout = StreamLayout(4, 4, 2, 2)
+    got = [w for g in range(4) for w in layout.add(g, [4 * g + r for r in range(4)])]
+    assert [[mb.start for mb in w.micro_batches] for w in got] == [[0, 2], [4, 6], [8, 10], [12, 14]]
+    assert layout.close() == [] and layout.order() == list(range(16))
+
+
+def test_waves_hand_case_short_ends_first():
+    # n=4, K=3 (L=1), micro-batch 2, 2 DP actors. Group "a" releases its short end a0..a2 (slot 0, indices 0-2):
+    # micro-batch [0, 2) is ready, [2, 4) waits for a's long end. One ready < 2 actors: held.
+    layout = StreamLayout(4, 4, 2, 2)
+    assert layout.add("a", ["a0", "a1", "a2"]) == []
+    # Group "b"'s short end takes slot 1 (indices 4-6): micro-batches [0, 2) and [4, 6) are ready -> one wave, while
+    # both groups' long ends still decode. 6 micro-batches stay to come (>= 2).
+    (wave,) = layout.add("b", ["b0", "b1", "b2"])
+    assert [(mb.start, mb.samples) for mb in wave.micro_batches] == [(0, ("a0", "a1")), (4, ("b0", "b1"))]
+    # b's long end completes [6, 8); a's completes [2, 4): 2 ready, 4 to come -> released.
+    assert layout.add("b", ["b3"]) == []
+    (wave,) = layout.add("a", ["a3"])
+    assert [(mb.start, mb.samples) for mb in wave.micro_batches] == [(2, ("a2", "a3")), (6, ("b2", "b3"))]
+    # Groups c and d arrive whole: [8, 12) then [12, 16).
+    assert len(layout.add("c", ["c0", "c1", "c2", "c3"])) == 1
+    assert len(layout.add("d", ["d0", "d1", "d2", "d3"])) == 1
+    assert layout.close() == []
+    # Final order: each group contiguous, short end first.
+    assert layout.order() == [f"{g}{r}" for g in "abcd" for r in range(4)]
 
 
 def test_waves_hold_back_so_the_last_wave_is_big_enough():
-    # 12 samples, micro-batch 1, 4 actors: after 8 samples, releasing mb [4, 8) would leave 4 -> ok; after 9 samples
-    # with 5 ready and only 3 left expected (< 4) the scheduler must wait; the final wave then has 4+ micro-batches.
-    waves = WaveScheduler(12, 1, 4)
-    assert [(w.start, w.end) for w in waves.add(4)] == [(0, 4)]
-    assert [(w.start, w.end) for w in waves.add(5)] == []  # 9 arrived: 5 ready, 3 left -> wait
-    assert [(w.start, w.end) for w in waves.add(3)] == [(4, 12)]
+    # 12 samples (3 groups of 4), micro-batch 1, 4 actors. Group 0 fills 4 micro-batches: released (8 left). Group 1's
+    # 3-sample short end: 3 ready < 4, held; its long end: 4 ready but only 4 left after -> released... and group 2
+    # arriving as 1 + 3: after its first sample, 1 ready and 3 left (< 4) -> wait; the final wave has 4.
+    layout = StreamLayout(4, 3, 1, 4)
+    assert [w.num_micro_batches for w in layout.add(0, [0, 1, 2, 3])] == [4]
+    assert layout.add(1, [4, 5, 6]) == []
+    assert [w.num_micro_batches for w in layout.add(1, [7])] == [4]
+    assert layout.add(2, [8]) == []
+    assert [w.num_micro_batches for w in layout.add(2, [9, 10, 11])] == [4]
 
 
-def test_waves_reject_a_step_smaller_than_the_actor_count():
+def test_dropped_group_leaves_its_slot_and_its_scored_micro_batches_are_wasted():
+    # n=4, micro-batch 2, 1 actor (eager). "a"'s short end scores [0, 2); "a" is then dropped by dynamic filtering.
+    layout = StreamLayout(4, 2, 2, 1)
+    (wave,) = layout.add("a", ["a0", "a1", "a2"])
+    assert [mb.samples for mb in wave.micro_batches] == [("a0", "a1")]
+    # "b" arrives whole and takes slot 1 (indices 4-7) while "a"'s long end still decodes.
+    assert [mb.samples for w in layout.add("b", ["b0", "b1", "b2", "b3"]) for mb in w.micro_batches] == [
+        ("b0", "b1"),
+        ("b2", "b3"),
+    ]
+    layout.add("a", ["a3"])  # [2, 4) = (a2, a3) scored
+    assert layout.drop("a") == []
+    # The replacement "r" takes the slot "a" left.
+    assert [mb.samples for w in layout.add("r", ["r0", "r1", "r2", "r3"]) for mb in w.micro_batches] == [
+        ("r0", "r1"),
+        ("r2", "r3"),
+    ]
+    assert layout.close() == []
+    assert layout.order() == ["r0", "r1", "r2", "r3", "b0", "b1", "b2", "b3"]
+    used = {mb.samples for mb in layout.micro_batches()}
+    wasted = [mb.samples for w in layout.waves for mb in w.micro_batches if mb.samples not in used]
+    assert wasted == [("a0", "a1"), ("a2", "a3")]
+
+
+def test_close_packs_groups_left_after_a_drop():
+    # n=3, 3 groups expected (9 samples), micro-batch 2, 1 actor (eager): micro-batches [0,2) [2,4) [4,6) [6,8) [8,9).
+    def run(replace: bool):
+        layout = StreamLayout(3, 3, 2, 1)
+        layout.add("a", ["a0", "a1"])  # slot 0: [0,2) = (a0, a1) scored
+        layout.add("b", ["b0", "b1", "b2"])  # slot 1, indices 3-5: [4,6) = (b1, b2) scored, [2,4) = (-, b0) open
+        layout.add("a", ["a2"])  # [2,4) = (a2, b0) scored
+        layout.drop("a")  # dynamic filtering: slot 0 is free, three scored micro-batches hold a's samples
+        if replace:
+            layout.add("c", ["c0", "c1", "c2"])  # slot 0 again: (c0, c1) and (c2, b0) scored
+        return layout, layout.close()
+
+    # Replaced: the third group never came, so the batch holds 6 samples; everything it needs was scored already.
+    layout, last = run(replace=True)
+    assert last == [] and layout.order() == ["c0", "c1", "c2", "b0", "b1", "b2"]
+    assert [mb.samples for mb in layout.micro_batches()] == [("c0", "c1"), ("c2", "b0"), ("b1", "b2")]
+    # Not replaced: b moves to slot 0 and the batch is re-cut into (b0, b1), (b2): both new, scored in the last wave.
+    layout, (last,) = run(replace=False)
+    assert layout.order() == ["b0", "b1", "b2"]
+    assert [(mb.start, mb.samples) for mb in last.micro_batches] == [(0, ("b0", "b1")), (2, ("b2",))]
+    used = {mb.samples for mb in layout.micro_batches()}
+    wasted = [mb.samples for w in layout.waves for mb in w.micro_batches if mb.samples not in used]
+    assert wasted == [("a0", "a1"), ("b1", "b2"), ("a2", "b0")]
+
+
+def test_layout_rejects_bad_input():
     with pytest.raises(ValueError, match="fewer than the 4 data-parallel actors"):
-        WaveScheduler(6, 2, 4)  # 6 samples / 2 = 3 micro-batches < 4 actors
+        StreamLayout(2, 3, 2, 4)  # 6 samples / 2 = 3 micro-batches < 4 actors
+    with pytest.raises(ValueError, match="micro_batch_size=0"):
+        StreamLayout(2, 3, 0, 1)
+    layout = StreamLayout(2, 1, 1, 1)
+    layout.add("a", [1])
+    with pytest.raises(ValueError, match="added twice"):
+        layout.add("a", [1])
+    with pytest.raises(ValueError, match="would not make a part"):
+        layout.add("a", [2, 3])
+    with pytest.raises(ValueError, match="would be group 2 of a step that expects 1"):
+        layout.add("b", [4])
+    with pytest.raises(ValueError, match="fewer than n=2 samples"):
+        layout.close()
 
 
-@given(
-    st.integers(1, 8),  # n
-    st.integers(1, 12),  # prompts
-    st.integers(1, 5),  # micro-batch size
-    st.integers(1, 6),  # data-parallel actors
-    st.integers(0, 3),  # prompts missing at the end (exhausted dataloader)
-)
-def test_waves_reassemble_upstreams_micro_batches(n, prompts, mb, dp, missing):
-    expected = n * prompts
-    if -(-expected // mb) < dp:
+@st.composite
+def streams(draw):
+    """A step as the samples generator sees it: groups arrive whole or short end first, interleaved; some are dropped
+    after they were complete (dynamic filtering) and replaced, some never come (exhausted dataloader)."""
+    n = draw(st.integers(1, 6))
+    expected = draw(st.integers(1, 8))
+    mb = draw(st.integers(1, 5))
+    dp = draw(st.integers(1, 4))
+    missing = draw(st.integers(0, 2))
+    drops = draw(st.integers(0, 3))
+    rnd = draw(st.randoms(use_true_random=False))
+    return n, expected, mb, dp, missing, drops, rnd
+
+
+@given(streams())
+def test_waves_reassemble_upstreams_micro_batches(case):
+    n, expected, mb, dp, missing, drops, rnd = case
+    if -(-n * expected // mb) < dp:
         with pytest.raises(ValueError):
-            WaveScheduler(expected, mb, dp)
+            StreamLayout(n, expected, mb, dp)
         return
-    waves = WaveScheduler(expected, mb, dp)
-    arrived = max(1, prompts - missing)
-    out = [w for _ in range(arrived) for w in waves.add(n)]
-    out += waves.flush()
-    # Waves tile [0, arrived * n) in order.
-    assert [w.start for w in out] == [0] + [w.end for w in out[:-1]]
-    assert out[-1].end == arrived * n
-    # Every wave boundary but the stream's end is a micro-batch boundary, so the micro-batches are upstream's.
-    for w in out:
-        assert w.start % mb == 0
-        assert w.end % mb == 0 or w.end == arrived * n
-        assert w.num_micro_batches == -(-(w.end - w.start) // mb)
-    # When the full step arrived, every wave has at least one micro-batch per data-parallel actor.
-    if arrived == prompts:
-        assert all(w.num_micro_batches >= dp for w in out)
-    assert waves.flush() == []
+    layout = StreamLayout(n, expected, mb, dp)
+    # The generator dispatches `expected - missing` prompts (the dataloader may run short); a group is dropped (dynamic
+    # filtering) only once complete, and is replaced by a new prompt unless the dataloader is exhausted.
+    groups, serial = {}, 0
+
+    def new_group():
+        nonlocal serial
+        handles = list(range(serial, serial + n))
+        serial += n
+        cut = rnd.randint(1, n)
+        groups[len(groups)] = [handles[:cut], handles[cut:]] if cut < n else [handles]
+        return len(groups) - 1
+
+    running = {new_group(): 0 for _ in range(max(1, expected - missing))}
+    dropped, drops_left = set(), drops
+    while running:
+        g = rnd.choice(sorted(running))
+        layout.add(g, groups[g][running[g]])
+        running[g] += 1
+        if dp == 1:
+            # One actor: a micro-batch is scored the moment its last sample arrives, even while its groups' long
+            # ends still decode (what lets a released short end hide its forwards).
+            at = {
+                i: h
+                for h_g, parts in groups.items()
+                if h_g not in dropped and (h_g not in running or running[h_g] > 0)
+                for i, h in zip(layout.index_of(h_g), [h for part in parts for h in part])
+            }
+            total = expected * n
+            spans = [range(s, min(s + mb, total)) for s in range(0, total, mb)]
+            complete = {tuple(at[i] for i in span) for span in spans if all(i in at for i in span)}
+            assert complete <= {m.samples for w in layout.waves for m in w.micro_batches}
+        if running[g] < len(groups[g]):
+            continue
+        del running[g]
+        if drops_left and rnd.random() < 0.5:
+            drops_left -= 1
+            dropped.add(g)
+            layout.drop(g)
+            if rnd.random() < 0.8:
+                running[new_group()] = 0
+    layout.close()
+    final = layout.micro_batches()
+    order = layout.order()
+    kept = [g for g in groups if g not in dropped]
+    # Every kept group is contiguous, in rank order (parts concatenated), at n-aligned indices; no dropped sample.
+    assert len(order) == len(kept) * n
+    blocks = [tuple(order[i : i + n]) for i in range(0, len(order), n)]
+    assert sorted(blocks) == sorted(tuple(h for part in groups[g] for h in part) for g in kept)
+    # The final micro-batches are upstream's cut of that order.
+    assert [mb_.samples for mb_ in final] == [tuple(order[i : i + mb]) for i in range(0, len(order), mb)]
+    assert [mb_.start for mb_ in final] == list(range(0, len(order), mb))
+    # Each final micro-batch was scored exactly once, and only complete micro-batches were ever scored.
+    released = [mb_.samples for w in layout.waves for mb_ in w.micro_batches]
+    assert len(released) == len(set(released))
+    assert {mb_.samples for mb_ in final} <= set(released)
+    if not dropped and len(kept) == expected:
+        # The whole step without drops: nothing wasted, and every wave had a micro-batch per data-parallel actor.
+        assert set(released) == {mb_.samples for mb_ in final}
+        assert all(w.num_micro_batches >= dp for w in layout.waves)
 
 
 # ---- token chunks --------------------------------------------------------------------------------------------------
