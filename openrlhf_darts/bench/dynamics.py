@@ -3,16 +3,19 @@ the rollout cost along the way? Several arms x seeds of the same local GRPO trai
 
     python -m openrlhf_darts.bench.dynamics [--arms baseline,darts_uniform,...] [--seeds 3] [--steps 40]
         [--prompts-per-step 16] [--n 8] [--eval-every 10] [--eval-samples 4] [--eval-size 128] [--lr 1e-4]
-        [--train-prompts FILE.jsonl] [--eval-prompts FILE.jsonl] [--model tiny-verbose|PATH] [--out runs/dynamics]
+        [--task builtin|gsm_symbolic|...] [--train-prompts FILE.jsonl] [--eval-prompts FILE.jsonl]
+        [--model tiny-verbose|PATH] [--out runs/dynamics]
 
 Every run is upstream OpenRLHF's own `train_ppo_ray` in local mode (`local.train`: vLLM-CPU rollout through the DARTS
 engine actor, CPU policy actor, `group_norm` = GRPO advantages, no KL term, weight sync after every update). All arms
-and seeds get the same upstream flags, prompts and model; an arm adds only its `--darts.*` lines (`ARMS`), a seed
-only `--train.seed` (prompt order, engine sampling). The task is the two-pattern task of `local.sft` (Pattern I:
-self-checks that change nothing; Pattern II: multi-hop lookups that are answered right far more often hop by hop), or
-your own prompts: `--train-prompts` / `--eval-prompts` take JSONL rows `{"prompt", "answer", "pattern"?}` (the prompt
-as plain text, rendered with the model's chat template; `pattern` any label the held-out figures are split by), scored
-by the exact-answer reward of `bench.tasks`.
+and seeds get the same upstream flags, prompts and model; an arm adds only its `--darts.*` lines (`ARMS`; the
+`tail_batching` arm, DARTS off, its `--tail_batching.*` lines instead), a seed only `--train.seed` (prompt order,
+engine sampling). The task (`--task`, default `builtin`) is the two-pattern task of `local.sft` (Pattern I: self-checks
+that change nothing; Pattern II: multi-hop lookups answered right far more often hop by hop than at once), a
+reasoning-gym dataset (`bench.tasks.task_problems`, scored by its own scorer, `bench.tasks.reward_file`; the pattern is
+the dataset's name; use a model that can read it), or your own prompts: `--train-prompts` / `--eval-prompts` take
+JSONL rows `{"prompt", "answer", "pattern"?}` (the prompt as plain text, rendered with the model's chat template;
+`pattern` any label the held-out figures are split by), scored by the exact-answer reward of `bench.tasks`.
 
 Measured, per run:
 - every step (`report["arms"][arm]["runs"][seed]["steps"]`, straight from the run's status dicts): kept and
@@ -55,6 +58,7 @@ class Arm:
     darts: tuple[str, ...]  # --darts.* lines without the candidate counts, which depend on n
     adaptive: bool = False  # candidate bounds [n, 2n] with allocation; else every prompt gets the same count
     truncated: str | None = None  # --darts.truncated rule; None = the installed default
+    tail_batching: bool = False  # DARTS off; `candidates` x B prompts launched, the first B groups trained
 
 
 ARMS: dict[str, Arm] = {
@@ -73,6 +77,13 @@ ARMS: dict[str, Arm] = {
         ("--darts.selection", "dual_end", "--darts.num_long", "1", "--darts.tail_prune", "paper"),
         adaptive=True,
     ),
+    "tail_batching": Arm(
+        "tail batching (RollPacker-style, DARTS off): 1.25B prompts launched, the first B groups to complete trained, "
+        "the rest aborted and deferred to the next step",
+        1.25,
+        (),
+        tail_batching=True,
+    ),
 }
 for _name in ("darts_uniform", "darts_adaptive"):
     for _rule in ("exclude", "long_end"):
@@ -84,8 +95,11 @@ DEFAULT_ARMS = ("baseline", "shortest_only", "darts_uniform_exclude", "darts_uni
 
 
 def arm_flags(name: str, n: int) -> list[str]:
-    """The `--darts.*` lines of arm `name` at group size n ([] for the baseline)."""
+    """The `--darts.*` (or `--tail_batching.*`) lines of arm `name` at group size n ([] for the baseline)."""
     arm = ARMS[name]
+    if arm.tail_batching:
+        return ["--tail_batching.enable", "--tail_batching.launch_ratio", str(arm.candidates),
+                "--tail_batching.aborted_prompts", "defer"]  # fmt: skip
     if arm.candidates == 1.0:
         return []
     flags = ["--darts.enable", *arm.darts]
@@ -161,6 +175,23 @@ def builtin_problems(num_train: int, eval_size: int) -> tuple[list[dict], list[d
     return train, held_out
 
 
+def gym_problems(task: str, num_train: int, eval_size: int) -> tuple[list[dict], list[dict]]:
+    """Training and held-out problems of reasoning-gym dataset `task` (`bench.tasks.task_problems`, seeds
+    `TRAIN_SEED` and `EVAL_SEED`), the prompt as chat messages, the label as the task's reward file reads it, and the
+    task's name as the pattern; held-out questions that also occur in training are left out."""
+    train = tasks.task_problems(task, num_train, TRAIN_SEED)
+    seen = {json.dumps(p["messages"]) for p in train}
+    held_out, kept = [], set()
+    for problem in tasks.task_problems(task, 2 * eval_size + 16, EVAL_SEED):
+        key = json.dumps(problem["messages"])
+        if key not in seen and key not in kept and len(held_out) < eval_size:
+            kept.add(key)
+            held_out.append({"prompt": problem["messages"], "answer": problem["label"], "pattern": task})
+    if len(held_out) < eval_size:
+        raise ValueError(f"only {len(held_out)} unseen {task} problems for --eval-size {eval_size}; lower it")
+    return [{"prompt": p["messages"], "answer": p["label"], "pattern": task} for p in train], held_out
+
+
 def write_upstream_file(problems: list[dict], path: Path) -> None:
     """The rows upstream's `PromptDataset` reads: input `prompt`, label `label`, the pattern as `datasource`."""
     path.write_text(
@@ -183,7 +214,7 @@ def shared_flags(args, model_path: str, train_file: Path, eval_file: Path, num_e
         "--data.apply_chat_template",
         "--data.max_samples", str(max(args.steps * prompts, num_eval)),
         "--data.max_len", str(args.max_len),
-        "--reward.remote_url", str(Path(tasks.__file__).resolve()),
+        "--reward.remote_url", tasks.reward_file(args.task),
         "--rollout.batch_size", str(prompts),
         "--rollout.n_samples_per_prompt", str(n),
         "--rollout.max_new_tokens", str(args.max_new_tokens),
@@ -224,7 +255,7 @@ def run_one(args, arm: str, seed: int, shared: list[str], out: Path) -> dict:
     if len(records) != args.steps:
         raise RuntimeError(f"{arm} seed {seed} logged {len(records)} steps, expected {args.steps}; see {run_dir}")
     return {
-        "darts_flags": flags,
+        "arm_flags": flags,
         "run_dir": str(run_dir),
         "wall_s": wall,
         "steps": [step_row(r) for r in records],
@@ -244,10 +275,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n", type=int, default=8, help="samples kept per prompt (--rollout.n_samples_per_prompt)")
     parser.add_argument("--eval-every", type=int, default=10, help="held-out evaluation every k steps (and at 0)")
     parser.add_argument("--eval-samples", type=int, default=4, help="samples per held-out prompt at temperature 1")
-    parser.add_argument("--eval-size", type=int, default=128, help="built-in held-out problems (half per pattern)")
+    parser.add_argument("--eval-size", type=int, default=128, help="held-out problems (built-in task: half per pattern)")
     parser.add_argument("--lr", type=float, default=1e-4, help="--actor.adam.lr")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="--rollout.max_new_tokens")
     parser.add_argument("--max-len", type=int, default=768, help="--data.max_len (prompt + response)")
+    parser.add_argument(
+        "--task",
+        default=tasks.BUILTIN,
+        help=f"{tasks.BUILTIN}: the two-pattern task of local.sft (the default); or a reasoning-gym dataset name "
+        "such as gsm_symbolic, basic_arithmetic, chain_sum (its own scorer as the reward; use a model that can read "
+        "it, e.g. --model smollm2)",
+    )
     parser.add_argument("--model", default="tiny-verbose", help="tiny-verbose (the two-pattern SFT model) or a folder")
     parser.add_argument("--train-prompts", default=None, help="JSONL {prompt, answer, pattern?}; default built-in")
     parser.add_argument("--eval-prompts", default=None, help="JSONL {prompt, answer, pattern?}; default built-in")
@@ -272,7 +310,13 @@ def check_args(args) -> list[str]:
             f"--steps {args.steps} is not a multiple of --eval-every {args.eval_every}; the last step must be "
             "evaluated"
         )
+    tasks.check_task(args.task)
     for flag, path in (("--train-prompts", args.train_prompts), ("--eval-prompts", args.eval_prompts)):
+        if path is not None and args.task != tasks.BUILTIN:
+            raise ValueError(
+                f"{flag} {path} with --task {args.task}: the prompt files replace the built-in task's problems and "
+                "are scored by its exact-answer reward; drop --task or the prompt files"
+            )
         if path is not None and not Path(path).is_file():
             raise ValueError(f"{flag} {path} is not a file; pass a JSONL file or leave it out for the built-in task")
     return arms
@@ -291,8 +335,12 @@ def resolve_model(name: str) -> str:
 def prepare_problems(args, out: Path) -> tuple[Path, Path, int, str]:
     """Writes the upstream data files; returns them, the held-out size and where the problems came from."""
     num_train = args.steps * args.prompts_per_step
-    train, held_out = builtin_problems(num_train, args.eval_size)
-    source = "built-in two-pattern task (local.sft, bench.tasks)"
+    if args.task != tasks.BUILTIN:
+        train, held_out = gym_problems(args.task, num_train, args.eval_size)
+        source = f"reasoning-gym {args.task} (bench.tasks.task_problems, its own scorer)"
+    else:
+        train, held_out = builtin_problems(num_train, args.eval_size)
+        source = "built-in two-pattern task (local.sft, bench.tasks)"
     if args.train_prompts:
         train = load_problems(args.train_prompts, "--train-prompts")
         source = f"--train-prompts {args.train_prompts}"
@@ -304,7 +352,7 @@ def prepare_problems(args, out: Path) -> tuple[Path, Path, int, str]:
     if args.eval_prompts:
         held_out = load_problems(args.eval_prompts, "--eval-prompts")
         source += f"; --eval-prompts {args.eval_prompts}"
-    prompts = [p["prompt"] for p in held_out]
+    prompts = [json.dumps(p["prompt"]) for p in held_out]
     if len(set(prompts)) != len(prompts):
         raise ValueError("the held-out prompts repeat a prompt; evaluation records are keyed by prompt text")
     train_file, eval_file = out / "train.jsonl", out / "eval.jsonl"
@@ -339,7 +387,7 @@ def main(argv: list[str] | None = None) -> dict:
             "load_average_1m_at_start": os.getloadavg()[0],
         },
         "arms": {
-            a: {"description": ARMS[a].description, "darts_flags": arm_flags(a, args.n), "runs": {}} for a in arms
+            a: {"description": ARMS[a].description, "arm_flags": arm_flags(a, args.n), "runs": {}} for a in arms
         },
     }
     start = time.perf_counter()

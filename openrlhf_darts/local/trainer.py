@@ -102,8 +102,17 @@ class LocalPPOTrainerImpl(DartsPPOTrainer.__ray_actor_class__):
     def _candidate_figures(self, logs_dict: dict) -> dict[str, float]:
         """The step's candidates: how many, how many aborted, tokens generated (aborted ones up to their abort), and
         the lengths of those that stopped by themselves (an aborted candidate's partial length is only a lower bound
-        on its length, so it is left out). From the DARTS groups' outcomes; without DARTS the kept samples are all the
-        candidates there were."""
+        on its length, so it is left out). From the DARTS groups' outcomes; with tail batching from every request of
+        the step's launched groups, as the engine reported them (trained, filtered and aborted groups alike); with
+        neither, the kept samples are all the candidates there were."""
+        if self.tail_batching_config.enable:
+            candidates = self.samples_generator.last_candidates
+            finished = [length for length, cut in candidates if not cut]
+            figures = _length_figures("local/finished", finished)
+            figures["local/candidate_tokens"] = float(sum(length for length, _ in candidates))
+            figures["local/candidates"] = float(len(candidates))
+            figures["local/aborted_candidates"] = float(len(candidates) - len(finished))
+            return figures
         if not self.darts_config.enable:
             figures = {k.replace("kept_length", "finished_length"): v for k, v in logs_dict.items()
                        if k.startswith("local/kept_length")}  # fmt: skip

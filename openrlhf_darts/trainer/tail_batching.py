@@ -15,7 +15,9 @@ step (`--tail_batching.*`, docs/design.md "Tail batching"):
    pinned ones still running), every other running group is aborted on its engine at once (`abort_tail_groups`,
    which returns only when none of their requests is left in vLLM).
 3. **Aborted prompts** go to the back of the deferred queue with one more deferral (`--tail_batching.aborted_prompts
-   defer`, the default), or are dropped (`drop`); either way their tokens are wasted and counted.
+   defer`, the default), or are dropped (`drop`); either way their tokens are wasted and counted. Every request of
+   the step, trained or not, is kept in `last_candidates` as the engine reported it (tokens generated, cut short by
+   the abort), for the local mode's candidate figures (local/trainer.py).
 
 The dataloader running out: a step launches what the queue and the rest of the epoch hold; when that is B or fewer,
 nothing is aborted and every launched group is trained (the epoch's last, partial batch, as upstream). The generator
@@ -57,6 +59,8 @@ class TailBatchingSamplesGenerator(upstream.SamplesGenerator):
         self._drained = False  # the epoch's dataloader ran out (the queue may still hold prompts)
         self._next_group_id = 0
         self.last_metrics: dict[str, float] = {}
+        # Every candidate of the last step, as the engine reported it: (tokens generated, cut short by an abort).
+        self.last_candidates: list[tuple[int, bool]] = []
 
     def generate_samples(self, **generate_kwargs):
         """Upstream's contract: `(experiences, filter_pass_rate, prompts_consumed, exhausted)` for one step."""
@@ -99,7 +103,7 @@ class TailBatchingSamplesGenerator(upstream.SamplesGenerator):
         consumed = len(fresh)
         launched = resumed + fresh  # index in the race -> prompt
         if not launched:
-            self.last_metrics = {}
+            self.last_metrics, self.last_candidates = {}, []
             return [], consumed
         target = min(batch, len(launched))  # the epoch's last prompts: train them all
         max_deferrals = config.max_deferrals if config.aborted_prompts == "defer" else None
@@ -110,6 +114,7 @@ class TailBatchingSamplesGenerator(upstream.SamplesGenerator):
 
         accepted, tokens_kept, tokens_other, filtered, abort_s = [], 0, 0, 0, 0.0
         doomed: list[int] = []
+        candidates: list[tuple[int, bool]] = []
         try:
             while True:
                 # Groups that can no longer be trained are aborted at once: right after launch when pinned prompts
@@ -123,6 +128,7 @@ class TailBatchingSamplesGenerator(upstream.SamplesGenerator):
                 if race.done:
                     break
                 index, record = runs.next_completed()
+                candidates += zip(record["lengths"], record["cut"])
                 group = [self._process_response_into_experience(r, **generate_kwargs) for r in record["responses"]]
                 passed = not args.algo.dynamic_filtering_enable or _passes_dynamic_filter(group, args)
                 if race.complete(index, passed) is GroupState.ACCEPTED:
@@ -142,6 +148,8 @@ class TailBatchingSamplesGenerator(upstream.SamplesGenerator):
             raise
 
         wasted = sum(sum(record["lengths"]) for record in aborted_records)
+        candidates += [pair for record in aborted_records for pair in zip(record["lengths"], record["cut"])]
+        self.last_candidates = candidates
         cut_short = sum(record["aborted"] for record in aborted_records)
         aborted = [launched[i] for i in doomed]
         if config.aborted_prompts == "defer":

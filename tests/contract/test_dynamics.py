@@ -106,8 +106,8 @@ def test_outputs_and_summary(bench):
     # Same seed, same starting policy, same engine seed: the two arms' step-0 evaluations are the same samples.
     first = [report["arms"][a]["runs"]["0"]["evals"][0]["greedy"]["patterns"]["all"]["accuracy"] for a in ARMS]
     assert first[0] == first[1]
-    assert report["arms"]["darts_uniform"]["darts_flags"][:1] == ["--darts.enable"]
-    assert report["arms"]["baseline"]["darts_flags"] == []
+    assert report["arms"]["darts_uniform"]["arm_flags"][:1] == ["--darts.enable"]
+    assert report["arms"]["baseline"]["arm_flags"] == []
 
 
 # ---------------------------------------------------------------------------- arms, inputs and figures, without Ray
@@ -127,6 +127,10 @@ def test_arm_flags_at_n_8():
     assert adaptive[-6:] == ["--darts.min_candidates", "8", "--darts.max_candidates", "16", "--darts.avg_candidates",
                              "10.0"]  # fmt: skip
     assert arm_flags("darts_uniform_long_end", 8)[-2:] == ["--darts.truncated", "long_end"]
+    # tail batching: DARTS off, ceil(1.25 B) prompts launched, aborted prompts back in front of the next step.
+    assert arm_flags("tail_batching", 8) == [
+        "--tail_batching.enable", "--tail_batching.launch_ratio", "1.25", "--tail_batching.aborted_prompts", "defer"
+    ]  # fmt: skip
 
 
 def test_arms_and_sizes_are_checked_before_any_run():
@@ -147,6 +151,26 @@ def test_arms_and_sizes_are_checked_before_any_run():
         check_args(parser.parse_args(["--arms", "baseline", "--steps", "25"]))
     with pytest.raises(ValueError, match="--n 1 is below 2"):
         check_args(parser.parse_args(["--arms", "baseline", "--n", "1"]))
+    with pytest.raises(ValueError, match="--task='gsm8k' is not a task"):
+        check_args(parser.parse_args(["--arms", "baseline", "--task", "gsm8k"]))
+    with pytest.raises(ValueError, match="--train-prompts mine.jsonl with --task gsm_symbolic"):
+        check_args(parser.parse_args(["--arms", "baseline", "--task", "gsm_symbolic", "--train-prompts", "mine.jsonl"]))
+
+
+def test_reasoning_gym_task_problems():
+    from openrlhf_darts.bench import gym_tasks
+    from openrlhf_darts.bench.dynamics import EVAL_SEED, TRAIN_SEED, gym_problems
+
+    train, held_out = gym_problems("gsm_symbolic", 40, 8)
+    assert len(train) == 40 and len(held_out) == 8
+    assert {p["pattern"] for p in train + held_out} == {"gsm_symbolic"}
+    # Chat messages (reasoning-gym's system prompt + the question), labelled for the task's own reward file, the
+    # training and held-out sets from their own seeds, no held-out question among the training ones.
+    assert [m["role"] for m in held_out[0]["prompt"]] == ["system", "user"]
+    assert {json.loads(p["answer"])["seed"] for p in train} == {TRAIN_SEED}
+    assert {json.loads(p["answer"])["seed"] for p in held_out} == {EVAL_SEED}
+    assert not {p["prompt"][1]["content"] for p in held_out} & {p["prompt"][1]["content"] for p in train}
+    assert held_out[0]["prompt"] == gym_tasks.make_problems("gsm_symbolic", 32, EVAL_SEED)[0]["messages"]
 
 
 def test_problem_files_are_checked_line_by_line(tmp_path):

@@ -115,7 +115,15 @@ def test_tail_batching_run_through_upstreams_trainer(tmp_path_factory, stopping_
         assert record["rollout/num_samples"] == PROMPTS * N  # exactly B groups of n
         assert record["tail_batching/tokens_kept"] == record["local/response_tokens"]
         assert record["local/engine_unfinished_requests"] == 0
+        # The local candidate figures (what bench.dynamics reads): n requests per launched prompt; those not cut
+        # short by the abort are exactly the requests vLLM counted as finished during the rollout.
+        assert record["local/candidates"] == N * record["tail_batching/prompts_launched"]
+        finished = record["local/candidates"] - record["local/aborted_candidates"]
+        assert finished == record["local/engine_finished_requests"]
+        assert record["local/candidate_tokens"] == record["tail_batching/tokens_generated"]
+        assert record["local/finished_length_max"] <= record["local/engine_iterations"]
     assert records[0]["tail_batching/wasted_tokens"] > 0 and records[1]["tail_batching/wasted_tokens"] == 0
+    assert records[1]["local/aborted_candidates"] == 0  # 4 launched, B = 4: nothing aborted
 
 
 def test_two_steps_logged_with_darts_metrics(local_run):
