@@ -16,6 +16,7 @@ An OpenRLHF upgrade must fail here, in one place, before it fails somewhere insi
 import hashlib
 import importlib.metadata
 import inspect
+import logging
 import re
 from types import SimpleNamespace
 
@@ -50,6 +51,7 @@ RECORDED_SOURCE_HASHES = {
     "openrlhf.models.actor.Actor.__init__": "34e1cf12a386dd51",
     "openrlhf.models.model.get_llm_for_sequence_regression": "48a7366f5618de9d",
     "openrlhf.trainer.ppo_utils.samples_generator.SamplesGenerator._generate_vllm": "e31c2c4b19657950",
+    "openrlhf.utils.agent.SingleTurnAgentExecutor.execute": "4d19de59a801ceb1",
 }
 
 # Keys of one response dict from SingleTurnAgentExecutor.execute (openrlhf/utils/agent.py, 0.11.2), which
@@ -159,6 +161,18 @@ def test_upstream_attributes_are_still_assigned_where_we_expect(upstream):
     doors += inspect.getsource(upstream.engine_vllm_config)
     for name in ("_dataloader_iter", "llm", "reward_endpoints", "prompts", "vllm_config"):
         assert any(d.endswith(f".{name}") for d in upstream.ATTRIBUTES) and name in doors, name
+
+
+def test_executor_logger_is_where_upstream_logs_a_failed_reward_call(upstream):
+    # The engine actor names a failed reward call's cause from what the executor logged on this logger
+    # (rollout_actor._ExecutorLog): the executor's module logger, enabled at info, logging the caught exception.
+    from openrlhf.utils import agent
+
+    logger = upstream.executor_logger()
+    assert logger is agent.logger and logger.isEnabledFor(logging.INFO)
+    source = inspect.getsource(upstream.resolve("openrlhf.utils.agent.SingleTurnAgentExecutor.execute"))
+    logged = r"except Exception as e:\n\s+logger\.info\(f\"\[SingleTurnExecutor\] Failed to fetch reward from"
+    assert re.search(logged, source)
 
 
 def test_training_step_reads_only_what_the_cpu_actors_define(upstream):
