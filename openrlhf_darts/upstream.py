@@ -662,6 +662,16 @@ def reward_endpoints(executor) -> list[str]:
     return list(getattr(executor, "reward_endpoints", None) or [])
 
 
+def executor_logger() -> logging.Logger:
+    """The logger of upstream's agent executors (`openrlhf.utils.agent.logger`). `SingleTurnAgentExecutor.execute`
+    catches a failed reward call (the reward function's exception, the HTTP error) and only logs it there, at info
+    level, before returning reward=None; the engine actor keeps those messages to name the cause when it fails the
+    step (pinned below)."""
+    from openrlhf.utils import agent
+
+    return agent.logger
+
+
 def dataset_prompts(dataloader) -> list[str]:
     """The prompt texts of the upstream `PromptDataset` behind a prompts dataloader, in dataset order."""
     return dataloader.dataset.prompts
@@ -700,4 +710,12 @@ BEHAVIOUR_PINNED += (
     # (SamplesGenerator._generate_vllm is pinned above, for the streaming collector; tail batching relies on it too.)
     # exhausted=True only when the iterator raised StopIteration while collecting (the epoch's end).
     "openrlhf.trainer.ppo_utils.samples_generator._collect_prompt_batch",
+)
+
+# --- loud failures (rollout/rollout_actor.py) ----------------------------------------------------------------
+BEHAVIOUR_PINNED += (
+    # rollout/rollout_actor.py: the executor calls llm_engine.generate once, then the reward; a failed reward call is
+    # caught, logged on `executor_logger()` at info level and returned as reward=None (the actor then fails the
+    # step with that message).
+    "openrlhf.utils.agent.SingleTurnAgentExecutor.execute",
 )

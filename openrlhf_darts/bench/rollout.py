@@ -44,6 +44,10 @@ largest over its B kept groups (the B-th completion). Longest minus oracle is th
 stop tokens (``--extra-stop-tokens``; ``stop_token_ids`` in every request of every variant) to get a realistic spread
 of lengths; the output records this. Real models (``smollm2``, a folder) use none by default.
 
+**Generated tokens** are counted twice: from the recorded lengths (``tokens_generated``) and by vLLM itself
+(``engine_tokens_generated``, its ``vllm:generation_tokens`` counter over the variant); the two are equal when every
+token the engine produced is in a recorded length (tests/contract/test_bench.py checks it).
+
 Writes ``report.json`` (figures plus every prompt's candidate lengths, truncation and abort flags per variant, so
 ``python -m openrlhf_darts.sim`` can replay them), ``lengths.png`` and ``table.txt`` under ``--out``.
 """
@@ -223,6 +227,27 @@ def engine_limits(engine) -> dict[str, int]:
     return ray.get(engine.__ray_call__.remote(read))
 
 
+def engine_counters(engine) -> dict[str, float]:
+    """vLLM's own Prometheus counters in the engine actor's process, summed over labels: `generation_tokens` (every
+    token the front end received for a request, aborted ones included, up to the abort) and `finished_<reason>`
+    (requests the engine finished by stop / length / ...; a request the front end aborted is not counted there)."""
+    import ray
+
+    def read(actor) -> dict[str, float]:
+        from vllm.v1.metrics.reader import Counter, get_metrics_snapshot
+
+        totals = {"generation_tokens": 0.0}
+        for metric in get_metrics_snapshot():
+            if isinstance(metric, Counter) and metric.name == "vllm:generation_tokens":
+                totals["generation_tokens"] += metric.value
+            elif isinstance(metric, Counter) and metric.name == "vllm:request_success":
+                key = f"finished_{metric.labels['finished_reason']}"
+                totals[key] = totals.get(key, 0.0) + metric.value
+        return totals
+
+    return ray.get(engine.__ray_call__.remote(read))
+
+
 # ---- one variant -------------------------------------------------------------------------------------------------
 def _response_length(response: dict) -> int:
     start, end = response["action_ranges"][0]
@@ -256,6 +281,7 @@ def run_variant(
             raise RuntimeError(f"engine holds {len(stale)} group outcomes from an earlier call; pop them first")
     ray.get(engine.reset_prefix_cache.remote())
     iterations_before = ray.get(engine.engine_iterations.remote())
+    counted = engine_counters(engine)["generation_tokens"]
     start = time.perf_counter()
     refs = []
     for index, (prompt, label) in enumerate(zip(prompts, labels, strict=True)):
@@ -278,6 +304,7 @@ def run_variant(
     engine_iterations = ray.get(engine.engine_iterations.remote()) - iterations_before
     if ray.get(engine.get_num_unfinished_requests.remote()) != 0:
         raise RuntimeError(f"variant {name} left unfinished requests in the engine")
+    counted = engine_counters(engine)["generation_tokens"] - counted
 
     groups = []
     if plan is None:
@@ -310,7 +337,12 @@ def run_variant(
                     "rewards": [_reward(r) for r in group],
                 }
             )
-    return {"wall_s": wall_s, "engine_iterations": engine_iterations, "groups": groups}
+    return {
+        "wall_s": wall_s,
+        "engine_iterations": engine_iterations,
+        "groups": groups,
+        "engine_tokens_generated": int(counted),
+    }
 
 
 def run_tail_variant(
@@ -332,6 +364,7 @@ def run_tail_variant(
 
     ray.get(engine.reset_prefix_cache.remote())
     iterations_before = ray.get(engine.engine_iterations.remote())
+    counted = engine_counters(engine)["generation_tokens"]
     start = time.perf_counter()
     refs = [
         engine.generate_tail_group.remote(
@@ -356,6 +389,7 @@ def run_tail_variant(
         records[position[ref]] = ray.get(ref)
     if ray.get(engine.get_num_unfinished_requests.remote()) != 0:
         raise RuntimeError("variant tail_batching left unfinished requests in the engine")
+    counted = engine_counters(engine)["generation_tokens"] - counted
     groups = []
     for i, record in enumerate(records):
         if i in kept:
@@ -381,7 +415,13 @@ def run_tail_variant(
                     "rewards": [],
                 }
             )
-    return {"wall_s": wall_s, "engine_iterations": engine_iterations, "groups": groups, "kept_prompts": kept}
+    return {
+        "wall_s": wall_s,
+        "engine_iterations": engine_iterations,
+        "groups": groups,
+        "kept_prompts": kept,
+        "engine_tokens_generated": int(counted),
+    }
 
 
 def _reward(response: dict) -> float | None:
@@ -447,6 +487,9 @@ def summarize(run: dict[str, Any], n: int, shortest_only: bool, batch: int | Non
         "tokens_generated": generated,
         "tokens_kept": kept,
         "tokens_wasted": generated - kept,
+        # vLLM's own count of the tokens it generated for this variant (vllm:generation_tokens); equals
+        # tokens_generated when the recorded lengths are right (aborted candidates at their partial length).
+        "engine_tokens_generated": run["engine_tokens_generated"],
         "tokens_per_s": generated / run["wall_s"] if run["wall_s"] > 0 else float("nan"),
         "kept_length": length_summary(kept_lengths),
         "all_length": length_summary(all_lengths),
@@ -531,19 +574,24 @@ def run_benchmark(
             "groups": run["groups"],
         }
     if "baseline" in report["variants"]:
-        base = report["variants"]["baseline"]["stats"]
-        report["ratios_vs_baseline"] = {
-            name: {
-                "engine_iterations": v["stats"]["engine_iterations"] / base["engine_iterations"],
-                "longest_request": v["stats"]["longest_request"] / base["longest_request"],
-                "oracle_longest_request": v["stats"]["oracle_longest_request"] / base["oracle_longest_request"],
-                "wall_s": v["stats"]["wall_s"] / base["wall_s"],
-                "tokens_generated": v["stats"]["tokens_generated"] / base["tokens_generated"],
-                "kept_length_mean": v["stats"]["kept_length"]["mean"] / base["kept_length"]["mean"],
-            }
-            for name, v in report["variants"].items()
-        }
+        report["ratios_vs_baseline"] = ratios_vs_baseline({k: v["stats"] for k, v in report["variants"].items()})
     return report
+
+
+def ratios_vs_baseline(stats: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Each variant's figures over the baseline's (`stats` maps variant name -> `summarize` result)."""
+    base = stats["baseline"]
+    return {
+        name: {
+            "engine_iterations": s["engine_iterations"] / base["engine_iterations"],
+            "longest_request": s["longest_request"] / base["longest_request"],
+            "oracle_longest_request": s["oracle_longest_request"] / base["oracle_longest_request"],
+            "wall_s": s["wall_s"] / base["wall_s"],
+            "tokens_generated": s["tokens_generated"] / base["tokens_generated"],
+            "kept_length_mean": s["kept_length"]["mean"] / base["kept_length"]["mean"],
+        }
+        for name, s in stats.items()
+    }
 
 
 def _tail_report(

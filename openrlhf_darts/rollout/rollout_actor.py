@@ -103,6 +103,9 @@ class _GroupRun:
         self.early: tuple[int, ...] = ()  # candidates released before the group ended
         self.early_s: float | None = None  # when they became final
         self.release_task: asyncio.Future | None = None
+        self.error: BaseException | None = None  # the first failure of a candidate (or of the step): the group's
+        # Per candidate, what upstream's executor logged while it ran (it logs a failed reward call and goes on).
+        self.executor_log: dict[int, list[str]] = {}
 
     @property
     def kept(self) -> tuple[int, ...] | None:
@@ -209,11 +212,20 @@ class _GroupRun:
         self.abort_sent.add(index)
         await self._abort_request(self.request_ids[index])
 
-    def fail(self, error: BaseException) -> None:
-        """A candidate broke (engine error, reward failure): stop the others so the group fails at once."""
-        for index, task in enumerate(self.tasks):
-            if not task.done() and not self.verdicts[index].done():
-                self.verdicts[index].set_exception(error)
+    def fail(self, error: BaseException, index: int | None = None) -> None:
+        """Candidate `index` broke (engine error, unexpected finish), or the step failed elsewhere (index None): stop
+        the others so the group fails at once. Their tasks are cancelled, which aborts their vLLM requests (AsyncLLM
+        aborts a request whose stream is cancelled); generate_group waits for that, then raises the first error."""
+        if self.error is None:
+            self.error = error
+            if index is not None:
+                error.add_note(
+                    f"DARTS group {self.group_id}: candidate {index} of {self.plan.num_candidates} failed; the "
+                    "group's other candidates were cancelled and their vLLM requests aborted"
+                )
+        for j, task in enumerate(self.tasks):
+            if not task.done() and not self.verdicts[j].done():
+                self.verdicts[j].set_exception(error)
             task.cancel()
 
     def on_request(self, index: int, max_tokens: int | None) -> None:
@@ -258,6 +270,16 @@ class _GroupRun:
             "early": list(self.early),
             "early_s": self.early_s,
         }
+
+
+class _ExecutorLog(logging.Handler):
+    """Keeps what upstream's executor logs while a DARTS candidate runs, on that candidate's group: upstream logs a
+    failed reward call at info level and returns reward=None, so this is where its cause is (`_check_rewards`)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        slot = _CANDIDATE.get()  # the executor logs from the candidate's own task
+        if slot is not None:
+            slot[0].executor_log.setdefault(slot[1], []).append(record.getMessage())
 
 
 class _ProgressStream:
@@ -308,9 +330,11 @@ class DartsRolloutActor(RolloutRayActorBase):
             kwargs["worker_extension_cls"] = EXTENSION_PATH
         await super().__init__(*args, **kwargs)
         upstream.wrap_engine_llm(self, _ProgressStream)
+        upstream.executor_logger().addHandler(_ExecutorLog())
         self._outcomes: list[dict] = []
         self._token_chunks: list[dict] = []
         self._released_parts: list[dict] = []  # early release: kept responses waiting for pop_stream_outbox
+        self._live_groups: set[_GroupRun] = set()  # groups whose candidates are still running (abort_groups)
 
     async def generate(self, prompt_token_ids, sampling_params, multi_modal_data=None):
         slot = _CANDIDATE.get()
@@ -340,12 +364,17 @@ class DartsRolloutActor(RolloutRayActorBase):
             elif completion.finish_reason in ("stop", "length"):
                 group.on_finish(index, len(completion.token_ids), completion.finish_reason == "length")
             else:
-                raise RuntimeError(f"DARTS candidate {index} ended with finish_reason={completion.finish_reason!r}")
+                raise RuntimeError(
+                    f"DARTS group {group.group_id}: aborted candidate {index} ended with "
+                    f"finish_reason={completion.finish_reason!r}; expected abort, stop or length"
+                )
             raise _Dropped(index)
         if completion.finish_reason not in ("stop", "length"):
             raise RuntimeError(
-                f"DARTS candidate {index} ended with finish_reason={completion.finish_reason!r}; only stop/length "
-                "are expected while a group runs (was the engine put to sleep or paused with abort?)"
+                f"DARTS group {group.group_id}: candidate {index} ended with finish_reason="
+                f"{completion.finish_reason!r} after {len(completion.token_ids)} tokens, though its group did not "
+                "abort it; only stop/length are expected while a group runs (was the engine put to sleep, paused "
+                "with abort, or its request aborted by another caller?)"
             )
         group.on_finish(index, len(completion.token_ids), completion.finish_reason == "length")
         if not await group.verdicts[index]:
@@ -396,7 +425,7 @@ class DartsRolloutActor(RolloutRayActorBase):
             raise ValueError("early_release=True needs a group_id: released parts are matched to their group by it")
 
         def finish_part(indices, responses: list[dict]) -> None:
-            self._check_rewards(responses)
+            self._check_rewards(group_id, indices, responses, group.executor_log)
             if stream_chunk_tokens is not None:
                 for i, response in zip(indices, responses):
                     response["darts_stream_key"] = group.stream_key(i)
@@ -420,9 +449,15 @@ class DartsRolloutActor(RolloutRayActorBase):
             )
             for i in range(plan.num_candidates)
         ]
+        self._live_groups.add(group)
         try:
-            results = await asyncio.gather(*group.tasks, return_exceptions=True)
-            await asyncio.gather(*group.abort_tasks)  # abort errors are engine errors: raise them
+            try:
+                results = await asyncio.gather(*group.tasks, return_exceptions=True)
+                await asyncio.gather(*group.abort_tasks)  # abort errors are engine errors: raise them
+            finally:
+                self._live_groups.discard(group)
+            if group.error is not None:
+                raise group.error  # the first failure of a candidate, of its release, or of the step (abort_groups)
             for result in results:
                 if isinstance(result, BaseException) and not isinstance(result, (_Dropped, asyncio.CancelledError)):
                     raise result
@@ -467,17 +502,40 @@ class DartsRolloutActor(RolloutRayActorBase):
         except (_Dropped, asyncio.CancelledError):
             raise
         except BaseException as error:
-            group.fail(error)
+            group.fail(error, index)
             raise
 
-    def _check_rewards(self, responses: list[dict]) -> None:
-        # Upstream's executor logs a failed reward call at info level and returns reward=None; a DARTS step fails.
+    def _check_rewards(
+        self, group_id, indices, responses: list[dict], executor_log: dict[int, list[str]] | None = None
+    ) -> None:
+        # Upstream's executor logs a failed reward call at info level and returns reward=None; a DARTS step fails,
+        # naming what the executor logged for that candidate (the reward function's exception, the HTTP error).
         endpoints = upstream.reward_endpoints(self.executor)
-        if endpoints and any(r["reward"] is None for r in responses):
-            raise RuntimeError(
-                f"reward call to {endpoints} returned no reward for a kept sample; see the "
-                "engine actor's log for the underlying error"
+        missing = [j for j, r in zip(indices, responses, strict=True) if r["reward"] is None]
+        if endpoints and missing:
+            j = missing[0]
+            logged = (executor_log or {}).get(j)
+            cause = (
+                f"upstream's executor logged: {' | '.join(logged)}"
+                if logged
+                else "upstream's executor logged no error, so the reward function or endpoint answered without a "
+                "'rewards' value for it"
             )
+            raise RuntimeError(
+                f"DARTS group {group_id}: the reward call to {endpoints} returned no reward for kept candidate "
+                f"{j} ({len(missing)} of {len(responses)} kept samples without one); {cause}"
+            )
+
+    async def abort_groups(self, reason: str) -> int:
+        """The step failed elsewhere (another group, another engine, the trainer): fail every group this actor runs
+        and return once their candidate tasks have ended, i.e. once none of their requests is left in vLLM. Each such
+        `generate_group` raises `RuntimeError(reason)`. Returns how many groups were running."""
+        groups = list(self._live_groups)
+        for group in groups:
+            group.fail(RuntimeError(f"DARTS group {group.group_id} aborted: {reason}"))
+        await asyncio.gather(*(task for group in groups for task in group.tasks), return_exceptions=True)
+        await asyncio.gather(*(task for group in groups for task in group.abort_tasks), return_exceptions=True)
+        return len(groups)
 
     async def update_weights_from_lists(self, named_payloads: list, final: bool = True) -> list[int]:
         """CPU weight sync: `[(name, dtype, shape, bytes)]` to every worker; `final` loads the buffered sync

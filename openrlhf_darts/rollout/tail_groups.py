@@ -165,7 +165,7 @@ class TailGroups:
         if errors:
             # The sample that broke, not a sibling its failure cancelled.
             raise next((e for e in errors if not isinstance(e, asyncio.CancelledError)), errors[0])
-        self._actor._check_rewards(results)
+        self._actor._check_rewards(group_id, range(len(results)), results)
         return run.record(results)
 
     async def _sample(self, run, index, prompt, label, sampling_params, max_length, hf_tokenizer, images):

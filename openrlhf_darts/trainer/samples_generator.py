@@ -19,6 +19,7 @@ shortest-only. The planner still observes every outcome, so the length statistic
 from __future__ import annotations
 
 import heapq
+import logging
 import time
 
 import ray
@@ -30,6 +31,7 @@ from openrlhf_darts.core.types import GroupOutcome, GroupPlan
 from openrlhf_darts.metrics import outcome_metrics
 from openrlhf_darts.trainer.planner import GroupPlanner, prompt_key
 
+logger = logging.getLogger(__name__)
 STREAM_POLL_S = 0.05  # how often a streaming rollout drains the engines' outboxes (token chunks, released parts)
 ABANDON_WAIT_S = 60.0  # how long a failed streaming step waits for its cancelled groups to stop
 
@@ -62,6 +64,7 @@ class DartsSamplesGenerator(upstream.SamplesGenerator):
         self._warmup = False  # this rollout is a warm-up step (--darts.warmup_steps)
         self.last_outcomes: list[GroupOutcome] = []
         self.last_metrics: dict[str, float] = {}
+        self._inflight: list = []  # this training rollout's generate_group refs (stopped if the rollout fails)
 
     def generate_samples(self, **generate_kwargs):
         if not self.config.enable:
@@ -70,12 +73,35 @@ class DartsSamplesGenerator(upstream.SamplesGenerator):
         self._warmup = self.completed_steps < self.config.warmup_steps
         self._allocation_seconds = 0.0
         self._planned_candidates = 0
+        self._inflight = []
         try:
             result = super().generate_samples(**generate_kwargs)
+        except BaseException as error:
+            try:
+                self._abort_rollout(error)
+            except Exception as cleanup:  # e.g. an engine that died: the step's own error stays the one raised
+                error.add_note(f"DARTS could not abort the failed step's groups: {type(cleanup).__name__}: {cleanup}")
+            raise
         finally:
             self._training_rollout = False
+            self._inflight = []
         self._collect_outcomes()
         return result
+
+    def _abort_rollout(self, error: BaseException) -> None:
+        """A training rollout failed (a group raised, the collector broke): stop every group still generating on any
+        engine and wait until their requests have left vLLM, then drop what the step left behind (outcomes, token
+        chunks), so nothing of it is observed, planned from or handed to training. The caller re-raises `error`."""
+        logger.error("DARTS rollout failed (%s); aborting the step's groups on every engine", type(error).__name__)
+        reason = f"the rollout step failed ({type(error).__name__}; the step raises it)"
+        for ref in self._inflight:
+            ray.cancel(ref)  # a call still queued at its actor never starts; a running one is aborted below
+        aborted = ray.get([engine.abort_groups.remote(reason) for engine in self.vllm_engines])
+        ray.get([engine.pop_group_outcomes.remote() for engine in self.vllm_engines])
+        ray.get([engine.pop_stream_outbox.remote() for engine in self.vllm_engines])  # token chunks, released parts
+        self._group_prompts.clear()
+        self._ref_groups.clear()
+        logger.error("DARTS rollout failed: aborted %d running groups", sum(aborted))
 
     def _dispatch_prompts_to_vllm(self, prompts, labels, *, images=None, **generate_kwargs):
         if not self._training_rollout:
@@ -124,6 +150,7 @@ class DartsSamplesGenerator(upstream.SamplesGenerator):
             )
             if self._streaming:
                 self._ref_groups[refs[-1]] = group_id
+        self._inflight += refs
         return refs
 
     def _collect_outcomes(self) -> None:

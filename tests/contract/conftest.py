@@ -27,8 +27,11 @@ def ray_cluster(reward_log):
 
     env = compat.ray_runtime_env({"env_vars": {"DARTS_TEST_REWARD_LOG": str(reward_log)}})
     # Two logical GPUs: one for the session engine below, one for a module's own engine (test_early_abort.py starts
-    # one that admits few requests at a time, and removes it with its placement group afterwards).
-    ray.init(num_cpus=2, num_gpus=2, runtime_env=env, include_dashboard=False, log_to_driver=False)
+    # one that admits few requests at a time, test_failure_paths.py one that injects faults; each removes it with its
+    # placement group afterwards). Upstream's engine placement group takes one logical CPU per engine, so three
+    # logical CPUs leave room for the CPU scorers' placement-group bundles beside two engines (labels only: the
+    # processes share the machine's cores either way).
+    ray.init(num_cpus=3, num_gpus=2, runtime_env=env, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -1,6 +1,7 @@
 """The rollout benchmark (openrlhf_darts.bench.rollout) on the session's real tiny engine; well-formed output.
 
-A benchmark, not a timed test: only structure and counting invariants are checked, never speed.
+A benchmark, not a timed test: structure, and its token counts against vLLM's own counters, are checked on the
+engine, its figures on hand-computed runs; never speed.
 """
 
 import json
@@ -55,11 +56,12 @@ def test_counts_are_consistent(bench_report):
             assert len(group["lengths"]) == candidates
             assert len(group["kept"]) == N  # exactly n kept per prompt
             assert all(0 < length <= MAX_TOKENS for length in group["lengths"])
-        generated = sum(sum(g["lengths"]) for g in groups)
-        kept = sum(g["lengths"][j] for g in groups for j in g["kept"])
-        assert (stats["tokens_generated"], stats["tokens_kept"]) == (generated, kept)
-        assert stats["tokens_generated"] >= stats["tokens_kept"]
-        assert stats["tokens_wasted"] == generated - kept
+        # Generated tokens against vLLM's own count of the tokens it generated during the variant (aborted candidates
+        # up to their abort): the recorded lengths must account for every token the engine produced.
+        assert stats["tokens_generated"] == stats["engine_tokens_generated"] > 0
+        # Wasted = the lengths of the candidates not kept, as the engine reported them.
+        dropped = [g["lengths"][j] for g in groups for j in range(candidates) if j not in g["kept"]]
+        assert stats["tokens_wasted"] == sum(dropped)
         assert stats["longest_request"] == max(max(g["lengths"]) for g in groups)
         assert stats["longest_request"] >= stats["oracle_longest_request"]
         # vLLM's own iteration count: every token of the longest request needs an iteration of its own, and every
@@ -97,6 +99,7 @@ def test_tail_batching_arm_keeps_the_first_b_groups_and_aborts_the_rest(ray_clus
     generated = sum(sum(g["lengths"]) for g in groups)
     assert (stats["tokens_generated"], stats["tokens_wasted"]) == (generated, generated - stats["tokens_kept"])
     assert stats["tokens_wasted"] == sum(sum(g["lengths"]) for g in groups if not g["kept"])
+    assert stats["tokens_generated"] == stats["engine_tokens_generated"]  # vLLM's own count, aborted ones included
     table = rollout.format_table(dict(report, meta={"model": "tiny", "n": N}))
     assert "prompts launched / kept" in table and "6/3" in table and "3/3" in table
     with pytest.raises(ValueError, match=r"tail_batching launches ceil\(2.0 x 3\) = 6 prompts but only 4"):
@@ -120,6 +123,53 @@ def test_recorded_traces_leave_the_tail_batching_arm_out(tmp_path):
     path.write_text(json.dumps(report))
     (prompt,) = load_recorded(path)
     assert sorted(prompt.pool) == [(3, False), (5, False)]
+
+
+def test_summarize_on_a_hand_computed_run():
+    # Two prompts, n = 2, shortest-only plans of 3 candidates (lengths, truncated, aborted, kept by index):
+    #   prompt 0: lengths 4, 9, 6; candidate 1 aborted at 9 (partial), kept 0 and 2 -> valid finishes 4, 6
+    #   prompt 1: lengths 5, 12, 12; candidate 2 truncated at the cap 12, kept 0 and 1 -> valid finishes 5, 12
+    run = {
+        "wall_s": 2.0,
+        "engine_tokens_generated": 48,
+        "engine_iterations": 15,
+        "groups": [
+            {"lengths": [4, 9, 6], "truncated": [False] * 3, "aborted": [False, True, False], "kept": [0, 2],
+             "rewards": [1.0, None, 0.0]},
+            {"lengths": [5, 12, 12], "truncated": [False, False, True], "aborted": [False] * 3, "kept": [0, 1],
+             "rewards": [0.0, 1.0, None]},
+        ],
+    }  # fmt: skip
+    stats = rollout.summarize(run, n=2, shortest_only=True)
+    # Generated 4+9+6 + 5+12+12 = 48; kept 4+6 + 5+12 = 27; wasted 9 + 12 = 21.
+    assert (stats["tokens_generated"], stats["tokens_kept"], stats["tokens_wasted"]) == (48, 27, 21)
+    # The longest request, 12. Oracle per prompt: the 2nd shortest valid finish, 6 and 12 -> 12.
+    assert (stats["longest_request"], stats["prompt_oracle_steps"], stats["oracle_longest_request"]) == (12, [6, 12], 12)
+    assert (stats["engine_iterations"], stats["engine_tokens_generated"]) == (15, 48)  # passed through as counted
+    # Kept lengths 4, 6, 5, 12: mean 27/4 = 6.75, nearest-rank p50 = 2nd of (4, 5, 6, 12) = 5, p90 = 4th = 12.
+    assert stats["kept_length"] == {"mean": 6.75, "p50": 5.0, "p90": 12.0, "max": 12.0}
+    # max/median per group: all (9/6 = 1.5, 12/12 = 1.0) -> 1.25; kept (6/5 = 1.2, 12/8.5) -> (1.2 + 24/17) / 2.
+    assert stats["max_median_ratio_all"] == 1.25
+    assert stats["max_median_ratio_kept"] == pytest.approx((1.2 + 24 / 17) / 2, rel=1e-12)
+    assert (stats["aborted"], stats["truncated"], stats["underfilled_groups"]) == (1, 1, 0)
+    assert stats["kept_reward_mean"] == 0.5 and stats["tokens_per_s"] == 24.0  # rewards 1, 0, 0, 1; 48 / 2 s
+    # The dual-end oracle is each prompt's longest candidate: 9 and 12.
+    assert rollout.summarize(run, n=2, shortest_only=False)["prompt_oracle_steps"] == [9, 12]
+
+
+def test_ratios_vs_baseline_on_hand_computed_figures():
+    def stats(iterations, longest, oracle, wall, generated, kept_mean):
+        return {"engine_iterations": iterations, "longest_request": longest, "oracle_longest_request": oracle,
+                "wall_s": wall, "tokens_generated": generated, "kept_length": {"mean": kept_mean}}  # fmt: skip
+
+    figures = {"baseline": stats(80, 40, 40, 8.0, 100, 20.0), "dual_end": stats(60, 50, 45, 6.0, 125, 15.0)}
+    ratios = rollout.ratios_vs_baseline(figures)
+    # 60/80, 50/40, 45/40, 6/8, 125/100, 15/20.
+    assert ratios["dual_end"] == {
+        "engine_iterations": 0.75, "longest_request": 1.25, "oracle_longest_request": 1.125, "wall_s": 0.75,
+        "tokens_generated": 1.25, "kept_length_mean": 0.75,
+    }  # fmt: skip
+    assert set(ratios["baseline"].values()) == {1.0}
 
 
 def test_bad_arguments_fail_before_any_work():

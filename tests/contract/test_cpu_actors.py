@@ -184,10 +184,13 @@ def test_policy_fit_follows_the_advantage_and_syncs_into_the_engine(
     )
     policy_lp = ray_cluster.get(cpu_setup.policy.async_run_method_batch("forward", **call))[0][0][0]
     reference_lp = ray_cluster.get(cpu_setup.reference.async_run_method_batch("forward", **call))[0][0][0]
-    assert torch.allclose(engine_lp, policy_lp, atol=1e-4), (engine_lp - policy_lp).abs().max()
+    # Both fp32 on the same weights: the largest difference measured here was exactly 0.0 (two runs); 1e-5 is the
+    # fp32 tolerance the spec sets for scoring paths that may sum in another order (DARTS_SPEC.md 3(g)), and the
+    # reference (the weights before the update) differs by 0.27.
+    assert torch.allclose(engine_lp, policy_lp, atol=1e-5), (engine_lp - policy_lp).abs().max()
     assert (engine_lp - reference_lp).abs().max() > 1e-3
     before_lp = torch.tensor([lp[t].logprob for lp, t in zip(out_before.logprobs, out_before.token_ids)])
-    assert list(out_before.token_ids) != tokens or not torch.allclose(before_lp, engine_lp, atol=1e-4)
+    assert list(out_before.token_ids) != tokens or not torch.allclose(before_lp, engine_lp, atol=1e-5)
 
     # Restore the session engine's original weights for the other tests: a fresh policy syncs them back.
     from openrlhf_darts.backends.cpu.groups import cpu_actor_group

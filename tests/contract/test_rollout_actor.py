@@ -2,8 +2,9 @@
 
 import pytest
 from conftest import count_lines, stop_token_ids
+from test_early_abort import _overshoot_bound
 
-from openrlhf_darts.core.selection import select_dual_end
+from openrlhf_darts.bench.rollout import engine_counters
 from openrlhf_darts.core.types import Decision, GroupOutcome, GroupPlan
 
 pytestmark = [pytest.mark.contract, pytest.mark.timeout(600)]
@@ -19,7 +20,7 @@ def _params(tokenizer, max_tokens=48):
     )
 
 
-def _run_group(ray_cluster, engine, tokenizer, plan, max_tokens=48, **extra):
+def _run_group(ray_cluster, engine, tokenizer, plan, max_tokens=48, record=False, **extra):
     responses = ray_cluster.get(
         engine.generate_group.remote(
             prompt=PROMPT,
@@ -34,7 +35,8 @@ def _run_group(ray_cluster, engine, tokenizer, plan, max_tokens=48, **extra):
     )
     records = ray_cluster.get(engine.pop_group_outcomes.remote())
     assert [r["group_id"] for r in records] == [7]
-    return responses, GroupOutcome.from_dict(records[0]["outcome"])
+    outcome = GroupOutcome.from_dict(records[0]["outcome"])
+    return (responses, outcome, records[0]) if record else (responses, outcome)
 
 
 def _response_length(response) -> int:
@@ -45,23 +47,30 @@ def _response_length(response) -> int:
 def test_shortest_only_keeps_n_shortest_and_aborts_the_rest(ray_cluster, darts_engine, tokenizer, reward_log):
     plan = GroupPlan(num_candidates=12, num_keep=4, num_long=0)
     calls_before = count_lines(reward_log)
-    responses, outcome = _run_group(ray_cluster, darts_engine, tokenizer, plan)
+    responses, outcome, record = _run_group(ray_cluster, darts_engine, tokenizer, plan, record=True)
 
     assert len(responses) == plan.num_keep
-    # Kept responses are the kept candidates, in ascending index, with the lengths the outcome recorded.
-    assert [_response_length(r) for r in responses] == list(outcome.kept_lengths)
     finished = [i for i in range(12) if not outcome.aborted[i]]
     valid = sorted((outcome.lengths[i], i) for i in finished if not outcome.truncated[i])
-    if len(valid) >= plan.num_keep:
-        # The n shortest untruncated finished candidates, ties by index (spec 3(c)).
-        assert list(outcome.kept) == sorted(i for _, i in valid[: plan.num_keep])
-        longest_kept = max(outcome.kept_lengths)
-        for i in range(12):
-            if outcome.aborted[i]:
-                # Aborted once every running candidate had passed the release length; a few tokens may still arrive
-                # between the decision and vLLM processing the abort.
-                assert outcome.lengths[i] <= longest_kept + 8, (i, outcome.lengths[i], longest_kept)
-                assert outcome.decisions[i] is Decision.ABORTED
+    # Precondition: at least n = 4 candidates stopped by themselves before the 48-token cap. The tiny model stops
+    # about 4% a step, so each does with probability 1 - 0.96^48 = 0.86, and fewer than 4 of 12 has probability
+    # about C(12,3) 0.86^3 0.14^9 = 3e-6.
+    assert len(valid) >= plan.num_keep, (outcome.lengths, outcome.truncated)
+    # The n shortest untruncated finished candidates, ties by index (spec 3(c)), and the responses handed back are
+    # their sequences (lengths read from the responses themselves).
+    expected = sorted(i for _, i in valid[: plan.num_keep])
+    assert list(outcome.kept) == expected
+    assert [_response_length(r) for r in responses] == [outcome.lengths[i] for i in expected]
+    release = valid[plan.num_keep - 1]  # (length, index) of the n-th shortest: the final release bound
+    for i in range(12):
+        if outcome.aborted[i]:
+            assert outcome.decisions[i] is Decision.ABORTED
+            # Its partial length is a lower bound on its true length, so it could never have been kept.
+            assert (outcome.lengths[i], i) > release, (i, outcome.lengths[i], release)
+            # It decoded at most one engine step past the length from which it could no longer be kept, when each
+            # of its stream outputs carried one step (test_early_abort._overshoot_bound explains the bound).
+            limit, bound = record["abort_limits"][i], _overshoot_bound(record["largest_output"][i])
+            assert limit <= outcome.lengths[i] <= limit + bound, (i, outcome.lengths[i], limit, bound)
     # Only kept samples were scored: one reward call each.
     assert count_lines(reward_log) - calls_before == plan.num_keep
     assert all(r["reward"] is not None for r in responses)
@@ -72,23 +81,37 @@ def test_shortest_only_aborts_happen(ray_cluster, darts_engine, tokenizer):
     # 16 candidates, keep 2, cap 200 tokens: the 2nd shortest of 16 geometric(~4%) lengths is far below the cap, so
     # the group must stop early and abort most candidates. Aborted tokens are the waste the outcome reports.
     plan = GroupPlan(num_candidates=16, num_keep=2, num_long=0)
-    _, outcome = _run_group(ray_cluster, darts_engine, tokenizer, plan, max_tokens=200)
+    before = engine_counters(darts_engine)
+    responses, outcome = _run_group(ray_cluster, darts_engine, tokenizer, plan, max_tokens=200)
+    after = engine_counters(darts_engine)
     assert outcome.num_aborted >= 1
-    assert outcome.tokens_wasted == outcome.tokens_generated - outcome.tokens_kept
-    assert outcome.tokens_wasted >= sum(l for l, a in zip(outcome.lengths, outcome.aborted) if a)
+    # Token accounting against data the outcome did not compute: vLLM's own count of the tokens it generated for
+    # the group (aborted candidates up to their abort), the kept responses' own lengths, and the engine's lengths
+    # of the candidates not kept.
+    assert outcome.tokens_generated == after["generation_tokens"] - before["generation_tokens"]
+    assert outcome.tokens_kept == sum(_response_length(r) for r in responses)
+    assert outcome.tokens_wasted == sum(outcome.lengths[j] for j in range(16) if j not in outcome.kept)
+    # vLLM finished only the candidates that stopped by themselves; the aborted ones it never counts as finished.
+    finished = sum(after.get(k, 0) - before.get(k, 0) for k in ("finished_stop", "finished_length"))
+    assert finished == 16 - outcome.num_aborted
     assert ray_cluster.get(darts_engine.get_num_unfinished_requests.remote()) == 0
 
 
 def test_dual_end_keeps_k_shortest_and_l_longest(ray_cluster, darts_engine, tokenizer, reward_log):
     plan = GroupPlan(num_candidates=10, num_keep=6, num_long=2)
     calls_before = count_lines(reward_log)
-    responses, outcome = _run_group(ray_cluster, darts_engine, tokenizer, plan)
+    responses, outcome = _run_group(ray_cluster, darts_engine, tokenizer, plan, max_tokens=128)
     assert len(responses) == 6
     assert outcome.num_aborted == 0  # dual-end groups run every candidate to the end
-    assert list(outcome.kept) == select_dual_end(outcome.lengths, outcome.truncated, 6, 2)
-    if sum(not t for t in outcome.truncated) >= 6:
-        # Enough untruncated candidates: none of the kept is truncated (spec 3(b)).
-        assert not any(outcome.truncated[i] for i in outcome.kept)
+    valid = sorted((outcome.lengths[j], j) for j in range(10) if not outcome.truncated[j])
+    # Precondition: at least K + L = 6 untruncated candidates. Each stops before the 128-token cap with probability
+    # 1 - 0.96^128 = 0.995, so fewer than 6 of 10 has probability about C(10,5) 0.005^5 = 8e-10.
+    assert len(valid) >= 6, (outcome.lengths, outcome.truncated)
+    # K = 4 shortest and L = 2 longest untruncated by (length, index), disjoint since there are at least 6 (spec
+    # 3(b)); no kept candidate is truncated. The responses are those candidates' sequences.
+    expected = sorted([j for _, j in valid[:4]] + [j for _, j in valid[-2:]])
+    assert list(outcome.kept) == expected, (outcome.lengths, outcome.truncated)
+    assert [_response_length(r) for r in responses] == [outcome.lengths[j] for j in expected]
     assert count_lines(reward_log) - calls_before == 6
 
 

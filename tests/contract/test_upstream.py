@@ -16,6 +16,7 @@ An OpenRLHF upgrade must fail here, in one place, before it fails somewhere insi
 import hashlib
 import importlib.metadata
 import inspect
+import logging
 import re
 from types import SimpleNamespace
 
@@ -54,6 +55,8 @@ RECORDED_SOURCE_HASHES = {
     "openrlhf.trainer.ray.vllm_engine.RolloutRayActor.generate_responses": "cd8cc667de7c7c74",
     "openrlhf.trainer.ppo_utils.samples_generator._collect_prompt_batch": "d86482264c1559b7",
     "openrlhf.trainer.ppo_utils.samples_generator.SamplesGenerator.generate_eval_samples": "d5b5ff27b1a7e157",
+    # loud failures
+    "openrlhf.utils.agent.SingleTurnAgentExecutor.execute": "4d19de59a801ceb1",
 }
 
 # Keys of one response dict from SingleTurnAgentExecutor.execute (openrlhf/utils/agent.py, 0.11.2), which
@@ -163,6 +166,18 @@ def test_upstream_attributes_are_still_assigned_where_we_expect(upstream):
     doors += inspect.getsource(upstream.engine_vllm_config)
     for name in ("_dataloader_iter", "llm", "reward_endpoints", "prompts", "vllm_config"):
         assert any(d.endswith(f".{name}") for d in upstream.ATTRIBUTES) and name in doors, name
+
+
+def test_executor_logger_is_where_upstream_logs_a_failed_reward_call(upstream):
+    # The engine actor names a failed reward call's cause from what the executor logged on this logger
+    # (rollout_actor._ExecutorLog): the executor's module logger, enabled at info, logging the caught exception.
+    from openrlhf.utils import agent
+
+    logger = upstream.executor_logger()
+    assert logger is agent.logger and logger.isEnabledFor(logging.INFO)
+    source = inspect.getsource(upstream.resolve("openrlhf.utils.agent.SingleTurnAgentExecutor.execute"))
+    logged = r"except Exception as e:\n\s+logger\.info\(f\"\[SingleTurnExecutor\] Failed to fetch reward from"
+    assert re.search(logged, source)
 
 
 def test_training_step_reads_only_what_the_cpu_actors_define(upstream):

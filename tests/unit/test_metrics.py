@@ -138,4 +138,6 @@ def test_length_mean_estimate_recovers_the_mean_that_aborts_hide():
     true_mean = statistics.fmean(truth)
     assert metrics["darts/aborted_ratio"] > 0.15  # precondition: aborts hide the long candidates
     assert metrics["darts/finished_length_mean"] / true_mean < 0.92  # ... and bias the finished mean low
+    # Seed 0 gives 0.996 (the finished mean: 0.889); 2% is the sampling error allowed to an estimator of a mean
+    # over 2,200 candidates, against the finished mean's 11% bias.
     assert metrics["darts/length_mean_estimate"] / true_mean == pytest.approx(1.0, abs=0.02)

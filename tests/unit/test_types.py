@@ -124,7 +124,8 @@ def test_from_results_selects_over_finished_candidates(case):
     assert outcome.underfilled == (valid < plan.num_keep)
     # Token accounting: wasted = everything generated for candidates that are not kept.
     dropped = sum(r.length for r in by_index if r.index not in outcome.kept)
-    assert outcome.tokens_generated == outcome.tokens_kept + outcome.tokens_wasted
+    assert outcome.tokens_generated == sum(r.length for r in by_index)
+    assert outcome.tokens_kept == sum(r.length for r in by_index if r.index in outcome.kept)
     assert outcome.tokens_wasted == dropped
     assert outcome.num_aborted == sum(r.aborted for r in by_index)
     assert outcome.censored == tuple(r.aborted or r.truncated for r in by_index)
