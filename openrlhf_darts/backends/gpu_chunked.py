@@ -16,7 +16,7 @@ from __future__ import annotations
 import ray
 import torch
 
-from openrlhf_darts import upstream
+from openrlhf_darts.upstream.model_actors import gpu_model_actor_bases
 from openrlhf_darts.backends.cpu.chunk_cache import (
     ChunkCache,
     ChunkScoringMixin,
@@ -25,7 +25,7 @@ from openrlhf_darts.backends.cpu.chunk_cache import (
     max_live_caches,
 )
 
-_BASES = upstream.gpu_model_actor_bases()
+_BASES = gpu_model_actor_bases()
 
 
 def _hf_module(model: torch.nn.Module) -> torch.nn.Module:

@@ -119,7 +119,7 @@ def reward_func(queries: list[str], prompts: list[str], labels: list[str]) -> di
     import torch
     from reasoning_gym.utils import extract_answer
 
-    from openrlhf_darts.bench.tasks import response_part
+    from openrlhf_darts.bench.responses import response_part
 
     if not (len(queries) == len(prompts) == len(labels)):
         raise ValueError(

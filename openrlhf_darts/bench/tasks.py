@@ -36,6 +36,8 @@ import random
 import re
 from pathlib import Path
 
+from openrlhf_darts.bench.responses import response_part
+
 __all__ = [
     "ANSWER_INSTRUCTION", "BUILTIN", "TASK_FLAG_HELP", "check_task", "extract_answer", "make_lookup_problems", "make_problems",
     "response_part", "reward_file", "reward_func", "task_problems",
@@ -198,19 +200,6 @@ def extract_answer(text: str) -> str | None:
             return _normalize(matches[-1])
     numbers = _ANY_NUMBER.findall(text)
     return _normalize(numbers[-1]) if numbers else None
-
-
-def response_part(query: str, prompt: str) -> str:
-    """The response inside ``query`` (= decoded prompt + response); the prompt's numbers must not count as answers."""
-    if query.startswith(prompt):
-        return query[len(prompt) :]
-    # Decoding may not reproduce the prompt byte for byte (special tokens, spaces); cut at the common prefix instead.
-    common = 0
-    for a, b in zip(query, prompt):
-        if a != b:
-            break
-        common += 1
-    return query[common:]
 
 
 def reward_func(queries: list[str], prompts: list[str], labels: list[str]) -> dict:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from openrlhf_darts.core._checks import check_bool, check_choice, check_int, check_real, check_sequence
 from openrlhf_darts.core.allocation import TAIL_PRUNE_SCHEDULES, build_plans, num_long_for
 from openrlhf_darts.core.cost_model import _effective_lengths, _rollout_time
-from openrlhf_darts.core.selection import _select
+from openrlhf_darts.core.dual_end import _select
 from openrlhf_darts.core.types import TRUNCATED_RULES, GroupPlan
 
 MAX_GRID_POINTS = 64

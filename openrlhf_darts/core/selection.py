@@ -2,7 +2,8 @@
 
 ``select_dual_end`` is the offline rule: given every candidate's length and truncation flag, keep exactly M. The
 ``GroupSelector`` sees the same candidates one finish at a time and tells the engine actor when a shortest-only group
-may stop early; fed every finish, it keeps exactly what ``select_dual_end`` keeps.
+may stop early; fed every finish, it keeps exactly what ``select_dual_end`` keeps. The offline rule lives in
+``core.dual_end`` (``core.types`` checks kept sets against it) and is re-exported here.
 
 Truncated candidates (stopped by the length cap) follow one of two rules (``--darts.truncated``):
 
@@ -11,75 +12,11 @@ Truncated candidates (stopped by the length cap) follow one of two rules (``--da
   so a truncated candidate usually becomes a dual-end group's long sample.
 """
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
-from openrlhf_darts.core._checks import (
-    check_bool,
-    check_choice,
-    check_flags,
-    check_int,
-    check_lengths,
-    check_sequence,
-)
-from openrlhf_darts.core.types import TRUNCATED_RULES, GroupPlan
-
-
-def select_dual_end(
-    lengths: Sequence[int],
-    truncated: Sequence[bool],
-    num_keep: int,
-    num_long: int,
-    truncated_rule: str = "exclude",
-) -> list[int]:
-    """Keep the K = num_keep - num_long shortest and the L = num_long longest candidates (§3(b)).
-
-    ``exclude``: candidates are the untruncated ones, ordered by (length, index); with fewer than num_keep of them,
-    all are kept and the group is filled with the truncated candidates of lowest index. ``long_end``: every
-    candidate is ranked, by (truncated, length, index), so truncated ones are the longest. Returns num_keep distinct
-    indices, ascending.
-    """
-    lengths = check_lengths("lengths", lengths)
-    truncated = check_flags("truncated", truncated, len(lengths), "lengths")
-    check_int("num_keep", num_keep, minimum=1)
-    check_int("num_long", num_long)
-    check_choice("truncated_rule", truncated_rule, TRUNCATED_RULES)
-    if not 0 <= num_long < num_keep:
-        raise ValueError(
-            f"num_long={num_long} is outside [0, num_keep) = [0, {num_keep}); "
-            "at least one candidate must come from the short end"
-        )
-    if len(lengths) < num_keep:
-        raise ValueError(
-            f"num_keep={num_keep} exceeds the {len(lengths)} candidates given; "
-            "a group needs at least num_keep candidates"
-        )
-    return _select(lengths, truncated, num_keep, num_long, truncated_rule)
-
-
-def _select(
-    lengths: Sequence[int], truncated: Sequence[bool], num_keep: int, num_long: int, truncated_rule: str = "exclude"
-) -> list[int]:
-    # Unchecked body of select_dual_end, shared with the budget simulation where the inputs are known good.
-    if truncated_rule == "long_end":
-        ranked = sorted(range(len(lengths)), key=lambda j: (truncated[j], lengths[j], j))
-        return sorted(ranked[: num_keep - num_long] + ranked[len(ranked) - num_long :])
-    valid = sorted((length, j) for j, (length, cut) in enumerate(zip(lengths, truncated)) if not cut)
-    if len(valid) >= num_keep:
-        # num_short + num_long = num_keep <= len(valid), so the two slices are disjoint.
-        chosen = [j for _, j in valid[: num_keep - num_long]] + [j for _, j in valid[len(valid) - num_long :]]
-    else:
-        fill = [j for j, cut in enumerate(truncated) if cut][: num_keep - len(valid)]
-        chosen = [j for _, j in valid] + fill
-    return sorted(chosen)
-
-
-def is_underfilled(truncated: Sequence[bool], num_keep: int) -> bool:
-    """True when fewer than num_keep candidates are untruncated, so the fill branch of §3(b) runs."""
-    check_int("num_keep", num_keep, minimum=1)
-    check_sequence("truncated", truncated)
-    for j, cut in enumerate(truncated):
-        check_bool(f"truncated[{j}]", cut)
-    return sum(1 for cut in truncated if not cut) < num_keep
+from openrlhf_darts.core._checks import check_bool, check_choice, check_int
+from openrlhf_darts.core.dual_end import TRUNCATED_RULES, _select, is_underfilled, select_dual_end  # noqa: F401
+from openrlhf_darts.core.types import GroupPlan
 
 
 class GroupSelector:

@@ -11,10 +11,7 @@ from enum import Enum
 from typing import Any
 
 from openrlhf_darts.core._checks import check_bool, check_choice, check_int, check_real, check_sequence
-
-# How selection treats candidates the length cap stopped (--darts.truncated; core/selection.py):
-# "exclude" ranks untruncated candidates only and uses truncated ones to fill; "long_end" ranks truncated ones longest.
-TRUNCATED_RULES = ("exclude", "long_end")
+from openrlhf_darts.core.dual_end import TRUNCATED_RULES, _select, select_dual_end
 
 
 @dataclass(frozen=True)
@@ -242,8 +239,6 @@ class GroupOutcome:
         # A shortest-only group keeps the first M to stop, which only the engine saw.
         if self.plan.shortest_only:
             return
-        from openrlhf_darts.core.selection import _select
-
         finished = [j for j in range(self.plan.num_candidates) if not self.aborted[j]]
         positions = _select(
             [self.lengths[j] for j in finished],
@@ -278,9 +273,6 @@ class GroupOutcome:
         finished, since the results hold no stop order). ``max_tokens`` is the group's generation cap as the engine
         received it (None: unknown).
         """
-        # Imported here because selection.py imports GroupPlan from this module.
-        from openrlhf_darts.core.selection import select_dual_end
-
         if not isinstance(plan, GroupPlan):
             raise TypeError(f"plan={plan!r} has type {type(plan).__name__}; expected a GroupPlan")
         check_sequence("results", results)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from openrlhf_darts.models.cache import default_cache_dir
+
 __all__ = [
     "MODEL_CHOICES",
     "TINY_DIR_NAME",
@@ -20,11 +22,6 @@ __all__ = [
 
 MODEL_CHOICES = ("tiny", "smollm2")
 TINY_DIR_NAME = "tiny-qwen2"
-
-
-def default_cache_dir() -> str:
-    """``$OPENRLHF_DARTS_CACHE`` when set (CI points it at a shared folder), else ``~/.cache/openrlhf_darts``."""
-    return str(Path(os.environ.get("OPENRLHF_DARTS_CACHE") or "~/.cache/openrlhf_darts").expanduser())
 
 
 def build_tiny_model(out_dir: str | os.PathLike, seed: int = 0) -> str:

@@ -80,7 +80,7 @@ def ensure_smollm2(cache_dir: str | os.PathLike | None = None) -> str:
     the same root ``resolve_model`` uses. A stamp written last marks a finished conversion; the conversion goes to a
     temporary sibling folder first so an interrupted run leaves no half-written model behind.
     """
-    from openrlhf_darts.models import default_cache_dir
+    from openrlhf_darts.models.cache import default_cache_dir
 
     gguf = gguf_path()
     out = (Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser() / DIR_NAME).resolve()

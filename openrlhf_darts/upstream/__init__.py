@@ -487,6 +487,8 @@ BEHAVIOUR_PINNED += (
     "openrlhf.trainer.ppo_utils.samples_generator.SamplesGenerator.generate_eval_samples",
 )
 
+from openrlhf_darts.upstream.model_actors import gpu_model_actor_bases  # noqa: E402,F401
+
 # --- local CPU mode (openrlhf_darts.local) ---------------------------------------------------------------------------
 # Module globals `openrlhf.cli.train_ppo_ray` binds when it runs as __main__ (its imports read them at that moment) or
 # reads at call time (trainer, engine actor). Rebinding them is how the local mode runs upstream's own `train()`.
@@ -541,19 +543,6 @@ def actor_class(group):
 # Upstream's prompt-batch collector (module function of samples_generator.py): (prompts, labels, images, exhausted).
 collect_prompt_batch = _samples_generator._collect_prompt_batch
 CONTRACT["openrlhf.trainer.ppo_utils.samples_generator._collect_prompt_batch"] = ("dataloader_iter", "num_prompts")
-
-
-def gpu_model_actor_bases():
-    """Upstream's DeepSpeed model actor classes, unwrapped from Ray, for `backends/gpu_chunked.py` to extend."""
-    import types
-
-    from openrlhf.trainer.ray import launcher, ppo_actor, ppo_critic
-
-    return types.SimpleNamespace(
-        reference=launcher.ReferenceModelActor.__ray_actor_class__,
-        policy=ppo_actor.PolicyModelActor.__ray_actor_class__,
-        critic=ppo_critic.CriticModelActor.__ray_actor_class__,
-    )
 
 
 def install_chunked_model_actors() -> None:
