@@ -10,7 +10,7 @@ of the tensor, and hands the rebuilt tensors to the model runner's own `load_wei
 from __future__ import annotations
 
 import torch
-from openrlhf.trainer.ray.vllm_worker_wrap import (  # not via upstream.py: the engine process must not import DeepSpeed
+from openrlhf.trainer.ray.vllm_worker_wrap import (  # not via upstream/: the engine process must not import DeepSpeed
     WorkerWrap,
 )
 
