@@ -6,15 +6,13 @@ import statistics
 from collections.abc import Sequence
 
 from openrlhf_darts.core.length_fit import fit_outcome
+from openrlhf_darts.core.percentile import nearest_rank
 from openrlhf_darts.core.types import Decision, GroupOutcome
 
 
 def _percentile(sorted_values: Sequence[int], q: float) -> float:
-    """Nearest-rank percentile of an ascending sequence (q in [0, 100])."""
-    if not sorted_values:
-        return 0.0
-    rank = max(1, -(-len(sorted_values) * q // 100))  # ceil(N q / 100), at least 1
-    return float(sorted_values[int(rank) - 1])
+    """Nearest-rank percentile (`core.percentile`), 0.0 for a step without such lengths."""
+    return nearest_rank(sorted_values, q) if sorted_values else 0.0
 
 
 def outcome_metrics(outcomes: Sequence[GroupOutcome], max_tokens: int | None = None) -> dict[str, float]:

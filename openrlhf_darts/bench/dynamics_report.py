@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from openrlhf_darts.core.percentile import nearest_rank
+
 # Per-step figure -> status-dict key (docs/metrics.md, "Local runs").
 STEP_FIGURES = {
     "kept_length_mean": "local/kept_length_mean",
@@ -75,9 +77,8 @@ def bootstrap_mean(per_prompt: np.ndarray) -> list[float]:
 
 
 def _p90(values: np.ndarray) -> float:
-    """Nearest-rank 90th percentile, as the step figures use."""
-    ordered = np.sort(values)
-    return float(ordered[max(1, math.ceil(0.9 * len(ordered))) - 1])
+    """Nearest-rank 90th percentile, as the step figures use (`core.percentile`)."""
+    return nearest_rank(np.asarray(values).tolist(), 90)
 
 
 def _pass_figures(rows: dict, mask: np.ndarray) -> dict:

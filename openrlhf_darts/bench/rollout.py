@@ -69,6 +69,7 @@ from typing import Any
 from openrlhf_darts.backends.cpu import settings
 from openrlhf_darts.bench.gym_tasks import REASONING_GYM_VERSION, SYSTEM_PROMPT_NAME
 from openrlhf_darts.bench.tasks import BUILTIN, TASK_FLAG_HELP, check_task, reward_file
+from openrlhf_darts.core.percentile import nearest_rank
 from openrlhf_darts.core.tail_batching import launch_count
 from openrlhf_darts.core.types import GroupOutcome, GroupPlan
 
@@ -432,18 +433,11 @@ def _reward(response: dict) -> float | None:
 
 
 # ---- figures -----------------------------------------------------------------------------------------------------
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in [0, 100]) of a non-empty sequence."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(len(ordered) * q / 100))
-    return float(ordered[rank - 1])
-
-
 def length_summary(values: Sequence[int]) -> dict[str, float]:
     return {
         "mean": statistics.fmean(values),
-        "p50": percentile(values, 50),
-        "p90": percentile(values, 90),
+        "p50": nearest_rank(values, 50),
+        "p90": nearest_rank(values, 90),
         "max": float(max(values)),
     }
 

@@ -39,7 +39,7 @@ import ray.cloudpickle
 import torch
 
 from openrlhf_darts import upstream
-from openrlhf_darts.bench.rollout import percentile
+from openrlhf_darts.core.percentile import nearest_rank
 from openrlhf_darts.trainer.ppo_trainer import DartsPPOTrainer
 
 STEP_LOG_ENV = "OPENRLHF_DARTS_LOCAL_STEP_LOG"
@@ -52,8 +52,8 @@ def _length_figures(prefix: str, lengths: list[int]) -> dict[str, float]:
     """mean, nearest-rank p50 / p90 and max of a step's lengths, as `<prefix>_length_*`."""
     return {
         f"{prefix}_length_mean": sum(lengths) / len(lengths),
-        f"{prefix}_length_p50": percentile(lengths, 50),
-        f"{prefix}_length_p90": percentile(lengths, 90),
+        f"{prefix}_length_p50": nearest_rank(lengths, 50),
+        f"{prefix}_length_p90": nearest_rank(lengths, 90),
         f"{prefix}_length_max": float(max(lengths)),
     }
 
