@@ -1,6 +1,6 @@
 """Token-level streaming on CUDA: chunked KV-cached scoring vs one full forward (fp32 and bf16), timing and KV memory.
 
-Runs `openrlhf_darts.backends.cpu.chunk_cache.ChunkCache` (the same chunk code the scorers use) on a randomly initialised
+Runs `openrlhf_darts.scoring.chunk_cache.ChunkCache` (the same chunk code the scorers use) on a randomly initialised
 Qwen2-architecture model of a 0.4B-class shape, on whatever CUDA device is present. Prints and writes JSON:
 - max |chunked - full| of the per-token log-probs in fp32 (TF32 off) and in bf16;
 - wall time of one full forward over the whole sequence vs the last chunk alone (what remains to score when a long
@@ -18,8 +18,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-from openrlhf_darts.backends.cpu.chunk_cache import ChunkCache, causal_lm_step  # noqa: E402
 from openrlhf_darts.core.streaming import chunk_spans  # noqa: E402
+from openrlhf_darts.scoring.chunk_cache import ChunkCache, causal_lm_step  # noqa: E402
 
 
 def build(small: bool, dtype, device):

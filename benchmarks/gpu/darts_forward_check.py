@@ -19,8 +19,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-from openrlhf_darts.backends.cpu.chunk_cache import ChunkCache, ChunkScoringMixin, causal_lm_step  # noqa: E402
 from openrlhf_darts.core.streaming import chunk_spans  # noqa: E402
+from openrlhf_darts.scoring.chunk_cache import ChunkCache, ChunkScoringMixin, causal_lm_step  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 from chunked_forward_check import build as build_with_config  # noqa: E402  (same model shapes as that check)

@@ -3,8 +3,8 @@
 Each class extends upstream's Ray actor class one level deep (`X.__ray_actor_class__`), calls upstream's
 `init_model_from_pretrained` unchanged and then builds a `ChunkCache` over the prepared model's Hugging Face module
 (`DeepSpeedEngine.module`; whole parameters on every rank: `DartsConfig.from_args` rejects ZeRO-3, whose gathers are
-collectives that a chunk forward on one rank would enter alone, docs/streaming.md). The chunk methods are the CPU
-backend's (`backends/cpu/chunk_cache.py`): `forward_chunk`, `finish_chunks`, `release_chunks`, `num_live_caches`,
+collectives that a chunk forward on one rank would enter alone, docs/streaming.md). The chunk methods are the
+backend-neutral ones (`scoring/chunk_cache.py`): `forward_chunk`, `finish_chunks`, `release_chunks`, `num_live_caches`,
 `chunk_cache_stats`.
 
 `upstream.install_chunked_model_actors()` rebinds these classes in their defining modules before
@@ -16,14 +16,14 @@ from __future__ import annotations
 import ray
 import torch
 
-from openrlhf_darts.upstream.model_actors import gpu_model_actor_bases
-from openrlhf_darts.backends.cpu.chunk_cache import (
+from openrlhf_darts.scoring.chunk_cache import (
     ChunkCache,
     ChunkScoringMixin,
     causal_lm_step,
     critic_step,
     max_live_caches,
 )
+from openrlhf_darts.upstream.model_actors import gpu_model_actor_bases
 
 _BASES = gpu_model_actor_bases()
 

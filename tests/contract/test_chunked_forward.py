@@ -33,7 +33,7 @@ def test_chunked_log_probs_equal_full_forward(stopping_model_path, tmp_path, chu
     import torch
 
     from openrlhf_darts.backends.cpu.base import load_causal_lm
-    from openrlhf_darts.backends.cpu.chunk_cache import ChunkCache, causal_lm_step
+    from openrlhf_darts.scoring.chunk_cache import ChunkCache, causal_lm_step
 
     args = train_args(stopping_model_path, str(tmp_path), **{"rollout.temperature": temperature})
     actor = load_causal_lm(stopping_model_path, args).eval()
@@ -60,7 +60,7 @@ def test_chunked_values_equal_full_critic_forward(stopping_model_path, tmp_path,
     import torch
 
     from openrlhf_darts.backends.cpu.base import load_critic
-    from openrlhf_darts.backends.cpu.chunk_cache import ChunkCache, critic_step
+    from openrlhf_darts.scoring.chunk_cache import ChunkCache, critic_step
 
     args = train_args(stopping_model_path, str(tmp_path))
     torch.manual_seed(0)
@@ -79,7 +79,7 @@ def test_cache_cap_and_release(stopping_model_path, tmp_path):
     import torch
 
     from openrlhf_darts.backends.cpu.base import load_causal_lm
-    from openrlhf_darts.backends.cpu.chunk_cache import ChunkCache, causal_lm_step
+    from openrlhf_darts.scoring.chunk_cache import ChunkCache, causal_lm_step
 
     actor = load_causal_lm(stopping_model_path, train_args(stopping_model_path, str(tmp_path))).eval()
     cache = ChunkCache(causal_lm_step(actor.model, 1.0), "logprobs", max_live=2)

@@ -14,8 +14,8 @@ pytestmark = [
 def test_chunked_equals_full_on_cuda(tiny_model_path):
     from transformers import AutoModelForCausalLM
 
-    from openrlhf_darts.backends.cpu.chunk_cache import ChunkCache, causal_lm_step
     from openrlhf_darts.core.streaming import chunk_spans
+    from openrlhf_darts.scoring.chunk_cache import ChunkCache, causal_lm_step
 
     model = AutoModelForCausalLM.from_pretrained(
         tiny_model_path, torch_dtype=torch.float32, attn_implementation="sdpa"

@@ -91,7 +91,7 @@ def _chunk_step(model):
 
 
 def _scorer(model, device):
-    from openrlhf_darts.backends.cpu.chunk_cache import ChunkCache, ChunkScoringMixin
+    from openrlhf_darts.scoring.chunk_cache import ChunkCache, ChunkScoringMixin
 
     class Scorer(ChunkScoringMixin):
         def __init__(self):

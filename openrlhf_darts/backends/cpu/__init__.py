@@ -28,7 +28,7 @@ so the single logical GPU of a CPU cluster stays with the vLLM engine. The engin
 `worker_extension.CpuWorkerWrap` through `collective_rpc` with bytes payloads (tensors cannot be pickled there on CPU).
 
 Token-level streaming adds `forward_chunk(sample_id, tokens)` -> per-token log-probs (values for the critic) of the
-chunk, `finish_chunks(sample_id, action_mask)`, `release_chunks(sample_ids)` and `num_live_caches()` (chunk_cache.py).
+chunk, `finish_chunks(sample_id, action_mask)`, `release_chunks(sample_ids)` and `num_live_caches()` (`openrlhf_darts.scoring.chunk_cache`).
 
 This package imports nothing heavy; each actor module imports torch, transformers and OpenRLHF.
 """

@@ -12,7 +12,7 @@ import torch
 from openrlhf_darts import upstream
 from openrlhf_darts.backends.cpu import ppo_status
 from openrlhf_darts.backends.cpu.base import CpuModelActorBase, CpuReplayBuffer, load_critic
-from openrlhf_darts.backends.cpu.chunk_cache import ChunkCache, ChunkScoringMixin, critic_step, max_live_caches
+from openrlhf_darts.scoring.chunk_cache import ChunkCache, ChunkScoringMixin, critic_step, max_live_caches
 
 _UP = upstream.model_side()
 

@@ -19,8 +19,8 @@ import torch
 from openrlhf_darts import upstream
 from openrlhf_darts.backends.cpu import ppo_status
 from openrlhf_darts.backends.cpu.base import CpuModelActorBase, CpuReplayBuffer, load_causal_lm, reject_multimodal
-from openrlhf_darts.backends.cpu.chunk_cache import ChunkCache, ChunkScoringMixin, causal_lm_step, max_live_caches
 from openrlhf_darts.backends.cpu.worker_extension import weight_payload
+from openrlhf_darts.scoring.chunk_cache import ChunkCache, ChunkScoringMixin, causal_lm_step, max_live_caches
 
 logger = logging.getLogger(__name__)
 _UP = upstream.model_side()

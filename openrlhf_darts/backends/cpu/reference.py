@@ -6,7 +6,7 @@ import ray
 import torch
 
 from openrlhf_darts.backends.cpu.base import CpuModelActorBase, load_causal_lm, reject_multimodal
-from openrlhf_darts.backends.cpu.chunk_cache import ChunkCache, ChunkScoringMixin, causal_lm_step, max_live_caches
+from openrlhf_darts.scoring.chunk_cache import ChunkCache, ChunkScoringMixin, causal_lm_step, max_live_caches
 
 
 class CpuReferenceActorImpl(ChunkScoringMixin, CpuModelActorBase):
