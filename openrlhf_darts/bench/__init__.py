@@ -1,4 +1,6 @@
-"""Benchmarks that print and save their figures (never timed tests; STYLE.md test tiers).
+"""Benchmarks (outside the data flow: they drive it, on one real engine or the local mode, and report).
+
+Benchmarks that print and save their figures (never timed tests; STYLE.md test tiers).
 
 - ``rollout``: OpenRLHF baseline vs DARTS shortest-only vs DARTS dual-end on one real vLLM engine;
 - ``profile_latency``: decode-step latency against running sequences, written as a ``PerTokenLatency`` profile;

@@ -1,1 +1,2 @@
-"""Command-line entry points. Importing this package imports nothing heavy."""
+"""Command-line entry points (the whole data flow: upstream's ``train_ppo_ray`` with ``--darts.*`` wired in).
+Importing this package imports nothing heavy."""

