@@ -235,25 +235,39 @@ def shared_flags(args, model_path: str, train_file: Path, eval_file: Path, num_e
     ]  # fmt: skip
 
 
+FINISHED = "bench_run.json"  # written into a run's folder once it logged every step: its flags and wall time
+
+
 def run_one(args, arm: str, seed: int, shared: list[str], out: Path) -> dict:
-    """One training run of `arm` with `seed`; returns its flags, per-step rows, status dicts and evaluations."""
+    """One training run of `arm` with `seed`; returns its flags, per-step rows, status dicts and evaluations. With
+    `--reuse-finished`, a run whose folder already holds a finished run with exactly these flags is read back instead
+    of trained again (a stopped benchmark continues where it stopped; a larger one reuses a smaller one's runs)."""
     from openrlhf_darts.bench.dynamics_report import eval_summary, step_row
     from openrlhf_darts.local import train
 
     run_dir = out / "runs" / arm / f"seed{seed}"
     flags = arm_flags(arm, args.n)
-    start = time.perf_counter()
-    records = train.run(
-        [*shared, "--train.seed", str(seed), *flags],
-        run_dir,
-        progress_desc=f"{arm} seed {seed}",
-        total_steps=args.steps,
-        verbose=args.verbose,
-    )
-    wall = time.perf_counter() - start
+    argv = [*shared, "--train.seed", str(seed), *flags]
+    finished = run_dir / FINISHED
+    if args.reuse_finished and finished.is_file():
+        done = json.loads(finished.read_text())
+        if done["argv"] != argv:
+            raise ValueError(
+                f"--reuse-finished: {run_dir} ran with other flags than this benchmark would pass now "
+                f"({sorted(set(done['argv']) ^ set(argv))} differ); use another --out or delete that run folder"
+            )
+        records, wall = train.read_steps(run_dir / "steps.jsonl"), done["wall_s"]
+    else:
+        finished.unlink(missing_ok=True)
+        start = time.perf_counter()
+        records = train.run(
+            argv, run_dir, progress_desc=f"{arm} seed {seed}", total_steps=args.steps, verbose=args.verbose
+        )
+        wall = time.perf_counter() - start
     evals = train.read_steps(run_dir / "evals.jsonl")
     if len(records) != args.steps:
         raise RuntimeError(f"{arm} seed {seed} logged {len(records)} steps, expected {args.steps}; see {run_dir}")
+    finished.write_text(json.dumps({"argv": argv, "wall_s": wall}))
     return {
         "arm_flags": flags,
         "run_dir": str(run_dir),
@@ -291,6 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-prompts", default=None, help="JSONL {prompt, answer, pattern?}; default built-in")
     parser.add_argument("--out", default="runs/dynamics", help="output folder")
     parser.add_argument("--verbose", action="store_true", help="show Ray actor logs")
+    parser.add_argument(
+        "--reuse-finished",
+        action="store_true",
+        help="read back runs that already finished under --out with identical flags instead of training them again",
+    )
     return parser
 
 

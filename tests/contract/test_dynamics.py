@@ -230,3 +230,25 @@ def test_evaluation_figures_by_hand():
     # sum of products 5 + 5 - 10 - 10 = -10, over sqrt(1000 * 1) -> -0.3162.
     assert figures["within_prompt_corr"] == pytest.approx(-10 / math.sqrt(1000))
     assert figures["mixed_groups"] == pytest.approx(2 / 3) and figures["right_longer_share"] == 0.5
+
+
+def test_reuse_finished_reads_the_runs_back(bench):
+    """--reuse-finished: the same benchmark again reads its finished runs back instead of training them (in this
+    process, where no Ray cluster is started), and refuses a run folder whose flags differ from what it would pass."""
+    import ray
+
+    from openrlhf_darts.bench.dynamics import main
+
+    report, out, _ = bench
+    argv = [
+        "--arms", "baseline", "--seeds", "1", "--steps", str(STEPS), "--eval-every", "1", "--prompts-per-step",
+        str(PROMPTS), "--n", str(N), "--eval-size", str(EVAL_SIZE), "--eval-samples", str(EVAL_SAMPLES),
+        "--max-new-tokens", "24", "--max-len", "512", "--lr", "1e-3", "--model", report["meta"]["args"]["model"],
+        "--out", str(out), "--reuse-finished",
+    ]  # fmt: skip
+    again = main(argv)
+    assert not ray.is_initialized()
+    theirs, ours = report["arms"]["baseline"]["runs"]["0"], again["arms"]["baseline"]["runs"]["0"]
+    assert (ours["steps"], ours["evals"], ours["wall_s"]) == (theirs["steps"], theirs["evals"], theirs["wall_s"])
+    with pytest.raises(ValueError, match=r"runs/baseline/seed0 ran with other flags .*'2e-3'"):
+        main([*argv[: argv.index("--lr") + 1], "2e-3", *argv[argv.index("--lr") + 2 :]])

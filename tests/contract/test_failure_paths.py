@@ -213,19 +213,20 @@ def test_generation_failing_while_streaming_aborts_the_stream(ray_cluster, engin
     _print_failure("generation fails while streaming", message)
     assert "InjectedEngineError: injected engine error in candidate 0 of group 3" in message
     # Precondition: the three finished groups reached the experience maker (their waves were dispatched).
-    assert sorted(g[0].prompts[0] for g in sink.groups) == sorted(PROMPTS[:3])
+    assert sorted(g[0].prompts[0] for g in sink.groups.values()) == sorted(PROMPTS[:3])
     with pytest.raises(RuntimeError, match="no open stream"):  # the maker's stream was aborted
         maker.dispatch_group([])
 
     # The next step streams its own four groups only: indices 0..7, equal to upstream's non-streamed experiences.
-    sink.groups.clear()
+    generator.group_sink = sink = RecordingSink(maker)  # a fresh record (ids of the failed step's samples may recur)
     samples, _, consumed, _ = generator.generate_samples(**kwargs)
     assert consumed == 4 and len(samples) == 8
     assert {e.prompts[0] for e in samples} == {f"next {p}" for p in PROMPTS[:4]}
     streamed = maker.make_experience_batch(samples)
     assert [i for e in streamed for i in e.index] == list(range(8))
-    reference = [e for g in sink.groups for e in g]
-    plain = _maker(upstream.RemoteExperienceMaker, scorers, args, tokenizer).make_experience_batch(reference)
+    plain = _maker(upstream.RemoteExperienceMaker, scorers, args, tokenizer).make_experience_batch(
+        sink.reference(samples)
+    )
     _assert_bit_equal(streamed, plain)
     assert ray_cluster.get(engine.get_num_unfinished_requests.remote()) == 0
 
@@ -275,15 +276,16 @@ def test_dynamic_filtering_drops_a_group_and_plans_its_replacement(ray_cluster, 
     stream_metrics = maker.pop_metrics()
     # The dropped group's two candidates were streamed (keys "<its group id>/<index>") and then released: their
     # chunk tokens are the wasted ones. Its group id: the only dispatched group whose samples were not kept.
-    kept_keys = {k for keys in sink.keys for k in keys}
+    kept_keys = {sink.keys[id(e)] for group in sink.groups.values() for e in group}
     dropped = {c["key"] for c in sink.chunks} - kept_keys
     assert len(dropped) == 2, (dropped, kept_keys)
     assert stream_metrics["darts/stream_token_wasted_tokens"] == sum(
         len(c["tokens"]) for c in sink.chunks if c["key"] in dropped
     )
     assert stream_metrics["darts/stream_token_released"] == 2 and _live_caches(ray_cluster, scorers) == 0
-    reference = [e for g in sink.groups for e in g]
-    plain = _maker(upstream.RemoteExperienceMaker, scorers, args, tokenizer).make_experience_batch(reference)
+    plain = _maker(upstream.RemoteExperienceMaker, scorers, args, tokenizer).make_experience_batch(
+        sink.reference(samples)
+    )
     _assert_close(streamed, plain)
 
 
@@ -316,8 +318,9 @@ def test_dataloader_shorter_than_the_rollout_batch(ray_cluster, engine, tokenize
     # upstream's non-streamed experiences on the same samples.
     streamed = maker.make_experience_batch(samples)
     assert [i for e in streamed for i in e.index] == list(range(6))
-    reference = [e for g in sink.groups for e in g]
-    plain = _maker(upstream.RemoteExperienceMaker, scorers, args, tokenizer).make_experience_batch(reference)
+    plain = _maker(upstream.RemoteExperienceMaker, scorers, args, tokenizer).make_experience_batch(
+        sink.reference(samples)
+    )
     _assert_bit_equal(streamed, plain)
 
 
@@ -352,13 +355,14 @@ def test_max_len_cutting_a_token_streamed_sample_falls_back_to_the_plain_forward
     # Every sample was cut at max_len (its sequence is max_len long), after at least its first chunk was streamed.
     assert all(e.sequences.shape[1] == max_len for e in samples)
     streamed_keys = {c["key"] for c in sink.chunks}
-    assert streamed_keys == {k for keys in sink.keys for k in keys} and len(streamed_keys) == 4
+    assert streamed_keys == {sink.keys[id(e)] for e in samples} and len(streamed_keys) == 4
     streamed = maker.make_experience_batch(samples)
     metrics = maker.pop_metrics()
     assert metrics["darts/stream_token_fallback"] == metrics["darts/stream_token_samples"] == 4
     assert metrics["darts/stream_token_finished"] == 0 and _live_caches(ray_cluster, scorers) == 0
     # Every row fell back to the plain forward, so the experiences are bit-equal to upstream's.
-    reference = [e for g in sink.groups for e in g]
-    plain = _maker(upstream.RemoteExperienceMaker, scorers, args, tokenizer).make_experience_batch(reference)
+    plain = _maker(upstream.RemoteExperienceMaker, scorers, args, tokenizer).make_experience_batch(
+        sink.reference(samples)
+    )
     _assert_bit_equal(streamed, plain)
     assert ray_cluster.get(engine.get_num_unfinished_requests.remote()) == 0

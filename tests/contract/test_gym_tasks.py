@@ -153,7 +153,7 @@ def test_local_mode_prompt_file_loads_through_upstreams_dataset_code(tmp_path, t
 
     args = Namespace(task="gsm_symbolic", steps=2, prompts_per_step=2, seed=0, difficulty=None)
     path = tmp_path / "problems.jsonl"
-    assert compare.write_problems(args, path) == tasks.reward_file("gsm_symbolic")
+    assert compare.write_task_problems(args, path) == tasks.reward_file("gsm_symbolic")
     # Upstream's loader for --data.prompt_dataset (a list-of-messages prompt column goes through `datasets`).
     strategy = Namespace(print=lambda *a: None, is_rank_0=lambda: False)
     rows = list(blending_datasets(str(path), None, strategy, seed=0))
@@ -165,7 +165,7 @@ def test_local_mode_prompt_file_loads_through_upstreams_dataset_code(tmp_path, t
         assert label == problem["label"]
         assert prompt == tokenizer.apply_chat_template(problem["messages"], tokenize=False, add_generation_prompt=True)
     with pytest.raises(ValueError, match="--difficulty=easy applies to --task builtin only"):
-        compare.write_problems(Namespace(**{**vars(args), "difficulty": "easy"}), path)
+        compare.write_task_problems(Namespace(**{**vars(args), "difficulty": "easy"}), path)
     builtin = Namespace(task="builtin", steps=1, prompts_per_step=3, seed=0, difficulty=None)
-    assert compare.write_problems(builtin, path) == tasks.reward_file("builtin")
+    assert compare.write_task_problems(builtin, path) == tasks.reward_file("builtin")
     assert all(isinstance(json.loads(line)["prompt"], str) for line in path.read_text().splitlines())

@@ -200,7 +200,7 @@ def test_inside_a_ray_job_it_attaches_and_rejects_a_cluster_short_of_its_layout(
     ray_cluster, stopping_model_path, tmp_path
 ):
     """With RAY_ADDRESS set (inside a Ray job, as slurm_launch.sh's CPU mode runs it) local mode attaches to that
-    cluster instead of starting its own, and first checks the cluster's labels: this session's cluster (2 CPU, 1 GPU
+    cluster instead of starting its own, and first checks the cluster's labels: this session's cluster (conftest's
     labels) is short of the layout, so the run stops with the labels to use before creating any actor."""
     address = ray_cluster.get_runtime_context().gcs_address
     free_before = ray_cluster.available_resources()
@@ -216,9 +216,11 @@ def test_inside_a_ray_job_it_attaches_and_rejects_a_cluster_short_of_its_layout(
     assert done.returncode != 0
     assert f"local.train: {sys.executable}, attaching to the Ray cluster at RAY_ADDRESS={address}" in done.stdout
     # One engine, the policy and the reference actor (kl > 0): 3 GPU labels, and 3 + 2 CPU labels.
+    total = ray_cluster.cluster_resources()  # the session cluster's labels (conftest), short of 5 CPU and 3 GPU
+    assert total["CPU"] < 5 and total["GPU"] < 3
     assert (
-        f"ValueError: the Ray cluster at RAY_ADDRESS={address} has 2 CPU and 1 GPU labels; upstream's layout of these "
-        "flags needs 5 CPU and 3 GPU labels" in done.stderr
+        f"ValueError: the Ray cluster at RAY_ADDRESS={address} has {total['CPU']:g} CPU and {total['GPU']:g} GPU "
+        "labels; upstream's layout of these flags needs 5 CPU and 3 GPU labels" in done.stderr
     ), done.stderr[-3000:]
     assert "ray start --num-cpus=5 --num-gpus=3" in done.stderr
     assert not (tmp_path / "run" / "steps.jsonl").exists()

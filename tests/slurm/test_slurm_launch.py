@@ -165,8 +165,9 @@ def _sbatch(slurm, tmp_path: Path, script: str, *sbatch_args: str, timeout: int 
             if package.is_dir():
                 files = [f for f in package.rglob("*") if f.is_file()]
                 shipped = {"names": {p.name for p in package.iterdir()}, "bytes": sum(f.stat().st_size for f in files)}
-        # Ray's ports are free again and no process of the job is left (a few seconds of grace for exiting ones).
-        for _ in range(20):
+        # Ray's ports are free again and no process of the job is left. Grace for exiting ones: `ray stop` signals
+        # them and returns; on a loaded 2-core machine a vLLM worker took over 10 s to exit (CI), so up to 60 s.
+        for _ in range(120):
             left = _job_processes(job_id, temp_dir)
             busy = [port for port in ports if not _port_is_free(port)]
             if not left and not busy:
