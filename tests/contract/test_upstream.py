@@ -26,8 +26,8 @@ from conftest import rollout_args
 pytestmark = [pytest.mark.contract, pytest.mark.timeout(600)]
 
 # sha256(inspect.getsource(method))[:16] for OpenRLHF 0.11.2. When one changes, read upstream's diff of that method
-# and re-check what the comment beside its `BEHAVIOUR_PINNED` entry in openrlhf_darts/upstream.py says we rely on
-# (e.g. that `fit` computes timing/step_total before calling save_logs_and_checkpoints, that `train` imports
+# and re-check what the comment beside its `BEHAVIOUR_PINNED` entry in openrlhf_darts/upstream/contract.py says we
+# rely on (e.g. that `fit` computes timing/step_total before calling save_logs_and_checkpoints, that `train` imports
 # PPOTrainer at call time, that `_dispatch_prompts_to_vllm` builds one SamplingParams the way
 # `upstream.rollout_sampling_params` rebuilds it); fix our side if needed, then record the new hash here.
 RECORDED_SOURCE_HASHES = {
@@ -99,7 +99,7 @@ def test_contract_symbols_exist_with_our_parameters(upstream):
         missing = [p for p in params if p not in found]
         if missing:
             problems.append(f"{dotted}: no parameter(s) {missing}; it now takes {list(found)}")
-    assert not problems, "OpenRLHF changed under openrlhf_darts/upstream.py CONTRACT:\n" + "\n".join(problems)
+    assert not problems, "OpenRLHF changed under openrlhf_darts/upstream/contract.py CONTRACT:\n" + "\n".join(problems)
 
 
 def test_contract_is_not_empty_and_names_the_trainer_seams(upstream):
@@ -143,7 +143,8 @@ def test_behaviour_pinned_sources_match_0_11_2(upstream):
     }
     assert not changed, (
         f"upstream source changed for {sorted(changed)} (new hashes {changed}). Read the upstream diff of each, "
-        "re-check what openrlhf_darts relies on (the comment beside its BEHAVIOUR_PINNED entry in upstream.py), "
+        "re-check what openrlhf_darts relies on (the comment beside its BEHAVIOUR_PINNED entry in "
+        "upstream/contract.py), "
         "then update RECORDED_SOURCE_HASHES in this file"
     )
 
