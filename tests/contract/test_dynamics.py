@@ -250,5 +250,5 @@ def test_reuse_finished_reads_the_runs_back(bench):
     assert not ray.is_initialized()
     theirs, ours = report["arms"]["baseline"]["runs"]["0"], again["arms"]["baseline"]["runs"]["0"]
     assert (ours["steps"], ours["evals"], ours["wall_s"]) == (theirs["steps"], theirs["evals"], theirs["wall_s"])
-    with pytest.raises(ValueError, match=r"runs/baseline/seed0 ran with other flags .*'2e-3'"):
+    with pytest.raises(ValueError, match=r"runs/baseline/seed0 ran with other flags .*\['0.001', '0.002'\] differ"):
         main([*argv[: argv.index("--lr") + 1], "2e-3", *argv[argv.index("--lr") + 2 :]])
