@@ -233,8 +233,9 @@ def test_evaluation_figures_by_hand():
 
 
 def test_reuse_finished_reads_the_runs_back(bench):
-    """--reuse-finished: the same benchmark again reads its finished runs back instead of training them (in this
-    process, where no Ray cluster is started), and refuses a run folder whose flags differ from what it would pass."""
+    """--reuse-finished: the same benchmark again reads its finished runs back instead of training them, in this
+    process (whose Ray state it leaves as it was: training would start a cluster, or refuse to run inside an
+    initialized one), and refuses a run folder whose flags differ from what it would pass."""
     import ray
 
     from openrlhf_darts.bench.dynamics import main
@@ -246,8 +247,9 @@ def test_reuse_finished_reads_the_runs_back(bench):
         "--max-new-tokens", "24", "--max-len", "512", "--lr", "1e-3", "--model", report["meta"]["args"]["model"],
         "--out", str(out), "--reuse-finished",
     ]  # fmt: skip
+    initialized = ray.is_initialized()  # True when the session's Ray cluster fixture ran earlier in this process
     again = main(argv)
-    assert not ray.is_initialized()
+    assert ray.is_initialized() == initialized
     theirs, ours = report["arms"]["baseline"]["runs"]["0"], again["arms"]["baseline"]["runs"]["0"]
     assert (ours["steps"], ours["evals"], ours["wall_s"]) == (theirs["steps"], theirs["evals"], theirs["wall_s"])
     with pytest.raises(ValueError, match=r"runs/baseline/seed0 ran with other flags .*\['0.001', '0.002'\] differ"):
