@@ -44,14 +44,23 @@ def test_one_request_of_k_tokens_takes_k_iterations(ray_cluster, darts_engine, t
 
 
 def test_two_requests_together_take_the_longer_ones_iterations(ray_cluster, darts_engine, tokenizer):
+    import time
+
     before = _counters(ray_cluster, darts_engine)
-    # Longer first: the shorter one joins at most a step later and still ends first, so the pair takes exactly the
-    # longer request's 40 iterations (if they ran one after the other it would be 40 + 6 = 46).
-    refs = [_responses(ray_cluster, darts_engine, tokenizer, 40), _responses(ray_cluster, darts_engine, tokenizer, 6)]
-    lengths = [_length(r) for group in ray_cluster.get(refs) for r in group]
+    # The longer request first, and long enough that the shorter one certainly joins while it runs and ends first:
+    # the pair takes exactly the longer request's 480 iterations (one after the other it would be 480 + 6 = 486).
+    # The shorter one is sent once the engine holds the longer one: two separate Ray calls can otherwise reach the
+    # engine any distance apart on a loaded machine (a 40-token pair once took 46 iterations in CI).
+    long_ref = _responses(ray_cluster, darts_engine, tokenizer, 480)
+    deadline = time.monotonic() + 120
+    while ray_cluster.get(darts_engine.get_num_unfinished_requests.remote()) == 0:
+        assert time.monotonic() < deadline, "the 480-token request never reached the engine"
+        time.sleep(0.005)
+    short_ref = _responses(ray_cluster, darts_engine, tokenizer, 6)
+    lengths = [_length(r) for group in ray_cluster.get([long_ref, short_ref]) for r in group]
     after = _counters(ray_cluster, darts_engine)
-    assert lengths == [40, 6]
-    assert after[0] - before[0] == 40
+    assert lengths == [480, 6]
+    assert after[0] - before[0] == 480
     assert after[1] - before[1] == 2
 
 
