@@ -16,6 +16,8 @@ among them observes:
   bookkeeping step that only frees finished requests, and a step that only prefills part of a long prompt.
 - `vllm:request_success` (counter per finish reason) once per request that finished in the engine (stop, length;
   not requests the client aborted).
+- `vllm:generation_tokens` (counter) for every token the front end received for a request, aborted ones included up
+  to their abort.
 
 Reading them through `vllm.v1.metrics.reader.get_metrics_snapshot` (vLLM's public in-process metrics API) alters
 nothing in generation, so the baseline's path stays upstream's. Both counts are cumulative since the engine started;
@@ -26,10 +28,12 @@ from __future__ import annotations
 
 ITERATIONS_METRIC = "vllm:iteration_tokens_total"
 FINISHED_METRIC = "vllm:request_success"
+TOKENS_METRIC = "vllm:generation_tokens"
 
 
 def read_engine_counters() -> dict[str, int]:
-    """`{"iterations": ..., "finished_requests": ...}` of the vLLM engine in this process, cumulative.
+    """The counts of the vLLM engine in this process, cumulative: `iterations`, `finished_requests`,
+    `generation_tokens`, and `finished_<reason>` per finish reason vLLM has seen (stop, length, ...).
 
     Raises RuntimeError when vLLM records no statistics here (an engine built with `disable_log_stats=True`, or no
     engine in this process): a silent zero would read as "no work".
@@ -37,14 +41,31 @@ def read_engine_counters() -> dict[str, int]:
     from vllm.v1.metrics.reader import Counter, Histogram, get_metrics_snapshot
 
     iterations = finished = None
+    counts = {"generation_tokens": 0.0}
     for metric in get_metrics_snapshot():
         if metric.name == ITERATIONS_METRIC and isinstance(metric, Histogram):
             iterations = (iterations or 0) + metric.count
         elif metric.name == FINISHED_METRIC and isinstance(metric, Counter):
             finished = (finished or 0) + metric.value
+            key = f"finished_{metric.labels['finished_reason']}"
+            counts[key] = counts.get(key, 0.0) + metric.value
+        elif metric.name == TOKENS_METRIC and isinstance(metric, Counter):
+            counts["generation_tokens"] += metric.value
     if iterations is None or finished is None:
         raise RuntimeError(
             f"vLLM records no {ITERATIONS_METRIC!r} / {FINISHED_METRIC!r} in this process; the engine counters need "
             "vLLM's statistics: do not build the engine with disable_log_stats=True"
         )
-    return {"iterations": int(iterations), "finished_requests": int(finished)}
+    counts.update(iterations=iterations, finished_requests=finished)
+    return {key: int(value) for key, value in counts.items()}
+
+
+def engine_counters(engine) -> dict[str, int]:
+    """`read_engine_counters()` of a running engine actor, read from outside it (driver, test) in one Ray call."""
+    import ray
+
+    return ray.get(engine.__ray_call__.remote(_read_in_actor))
+
+
+def _read_in_actor(actor) -> dict[str, int]:
+    return read_engine_counters()

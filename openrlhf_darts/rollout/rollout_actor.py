@@ -30,19 +30,21 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import time
 
 import ray
 
 from openrlhf_darts import upstream
+from openrlhf_darts.backends import engine_kwargs as backend_engine_kwargs
+from openrlhf_darts.backends.cpu.engine import CpuWeightSync
 from openrlhf_darts.core.early_stop import EarlyStop
 from openrlhf_darts.core.streaming import chunk_eligible, chunk_spans
 from openrlhf_darts.core.types import TRUNCATED_RULES, GroupOutcome, GroupPlan
 from openrlhf_darts.rollout.engine_counters import read_engine_counters
+from openrlhf_darts.rollout.engine_stream import EngineStream
 from openrlhf_darts.upstream import RolloutRayActorBase
-
-logger = logging.getLogger(__name__)
 
 # (group run, candidate index) of the request the current asyncio task is generating; None outside DARTS groups.
 _CANDIDATE: contextvars.ContextVar[tuple["_GroupRun", int] | None] = contextvars.ContextVar(
@@ -282,24 +284,12 @@ class _ExecutorLog(logging.Handler):
             slot[0].executor_log.setdefault(slot[1], []).append(record.getMessage())
 
 
-class _ProgressStream:
-    """Wraps the engine so every DARTS request's cumulative stream reports its token count to its group."""
-
-    def __init__(self, llm):
-        self._llm = llm
-
-    def __getattr__(self, name):
-        return getattr(self._llm, name)
-
-    def generate(self, *args, **kwargs):
-        stream = self._llm.generate(*args, **kwargs)
-        slot = _CANDIDATE.get()
-        if slot is None:
-            return stream
-        group, index = slot
-        group.request_ids[index] = kwargs["request_id"]  # upstream passes a fresh id by keyword
-        group.prompt_ids[index] = list(args[0]["prompt_token_ids"])  # upstream's TokensPrompt, first positional
-        return _tracked(stream, group, index)
+def _track_candidate(stream, group: _GroupRun, index: int, request_id: str, prompt):
+    """`EngineStream`'s hook for DARTS candidates: the request id (for its abort) and prompt token ids (for its token
+    chunks) go to the group at once; the stream then reports every output's token count."""
+    group.request_ids[index] = request_id
+    group.prompt_ids[index] = list(prompt["prompt_token_ids"])  # upstream's TokensPrompt
+    return _tracked(stream, group, index)
 
 
 async def _tracked(stream, group: _GroupRun, index: int):
@@ -308,28 +298,15 @@ async def _tracked(stream, group: _GroupRun, index: int):
         yield output
 
 
-class DartsRolloutActor(RolloutRayActorBase):
-    """OpenRLHF's engine actor plus `generate_group`: redundant candidates, dual-end selection, early abort."""
+class DartsRolloutActor(CpuWeightSync, RolloutRayActorBase):
+    """OpenRLHF's engine actor plus `generate_group`: redundant candidates, dual-end selection, early abort.
+
+    `CpuWeightSync` adds the CPU weight sync's remote method (backends/cpu/engine.py); it is unused on GPU."""
 
     async def __init__(self, *args, **kwargs):
-        from vllm.platforms import current_platform
-
-        if current_platform.is_cpu():
-            # The CPU backend's bf16 output is wrong (docs/design.md); upstream hard-codes bf16 for GPUs.
-            if kwargs.get("dtype") != "float32":
-                logger.warning("vLLM CPU backend: dtype %s -> float32 (CPU bf16 output is wrong)", kwargs.get("dtype"))
-                kwargs["dtype"] = "float32"
-            # KV cache size and max_num_seqs (vLLM admits at most that many requests at once), validated there.
-            from openrlhf_darts.backends.cpu import settings
-
-            for key, value in settings.engine_kwargs().items():
-                kwargs.setdefault(key, value)
-            # Weight sync without NCCL/CUDA IPC: bytes payloads through collective_rpc (backends/cpu/worker_extension).
-            from openrlhf_darts.backends.cpu.worker_extension import EXTENSION_PATH
-
-            kwargs["worker_extension_cls"] = EXTENSION_PATH
-        await super().__init__(*args, **kwargs)
-        upstream.wrap_engine_llm(self, _ProgressStream)
+        # The platform's engine set-up (on CPU: float32, KV cache size, the weight-sync worker extension).
+        await super().__init__(*args, **backend_engine_kwargs(kwargs))
+        upstream.wrap_engine_llm(self, functools.partial(EngineStream, slot=_CANDIDATE, track=_track_candidate))
         upstream.executor_logger().addHandler(_ExecutorLog())
         self._outcomes: list[dict] = []
         self._token_chunks: list[dict] = []
@@ -536,12 +513,6 @@ class DartsRolloutActor(RolloutRayActorBase):
         await asyncio.gather(*(task for group in groups for task in group.tasks), return_exceptions=True)
         await asyncio.gather(*(task for group in groups for task in group.abort_tasks), return_exceptions=True)
         return len(groups)
-
-    async def update_weights_from_lists(self, named_payloads: list, final: bool = True) -> list[int]:
-        """CPU weight sync: `[(name, dtype, shape, bytes)]` to every worker; `final` loads the buffered sync
-        (backends/cpu/worker_extension.py)."""
-        llm = upstream.engine_llm(self)
-        return await llm.collective_rpc("update_weights_from_lists", args=(named_payloads, final))
 
     def pop_token_chunks(self) -> list[dict]:
         """Token-streaming chunks emitted since the last call, in emission order: `{"key", "group_id", "start",

@@ -5,14 +5,15 @@
 as tasks this module can stop:
 
     generate_tail_group(group_id) ── n tasks ──> executor.execute(llm_engine=actor) ──> actor.generate ──> llm.generate
-                                                                                            │ TailStream: request id,
+                                                                                            │ EngineStream: request id,
                                      TailRun <──────── progress (cumulative stream) ───────┘ tokens so far
     abort_tail_groups([ids])  ──> AsyncLLM.abort(request ids in flight): vLLM ends each stream with its partial
                                   output, whose length is recorded, and the sample leaves before it is scored;
                                   tasks not yet in vLLM, or already scoring, are cancelled
                               ──> returns once every task of those groups has ended: no request outlives the call
 
-`TailStream` wraps the actor's engine (`actor.llm`, through `upstream.wrap_engine_llm`) the first time a tail group runs; requests outside a tail group
+An `EngineStream` (rollout/engine_stream.py) keyed by this module's context variable wraps the actor's engine
+(`actor.llm`, through `upstream.wrap_engine_llm`) the first time a tail group runs; requests outside a tail group
 (evaluation, DARTS groups, weight-sync probes) pass through it untouched. Nothing here runs on the decode path except
 one counter update per streamed output.
 """
@@ -22,8 +23,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import functools
 
 from openrlhf_darts import upstream
+from openrlhf_darts.rollout.engine_stream import EngineStream
 
 # (tail run, sample index) of the request the current asyncio task is generating; None outside tail groups.
 _SLOT: contextvars.ContextVar[tuple["TailRun", int] | None] = contextvars.ContextVar("tail_slot", default=None)
@@ -82,23 +85,11 @@ class TailRun:
         }
 
 
-class TailStream:
-    """Wraps the engine so every tail-group request reports its id and its tokens so far to its run."""
-
-    def __init__(self, llm):
-        self._llm = llm
-
-    def __getattr__(self, name):
-        return getattr(self._llm, name)
-
-    def generate(self, *args, **kwargs):
-        stream = self._llm.generate(*args, **kwargs)
-        slot = _SLOT.get()
-        if slot is None:
-            return stream
-        run, index = slot
-        run.request_ids[index] = kwargs["request_id"]  # upstream's generate passes a fresh id by keyword
-        return _tracked(stream, run, index)
+def _track_sample(stream, run: TailRun, index: int, request_id: str, prompt):
+    """`EngineStream`'s hook for tail-group samples: the request id goes to the run at once (an abort may come before
+    the first output), then every output's token count."""
+    run.request_ids[index] = request_id
+    return _tracked(stream, run, index)
 
 
 async def _tracked(stream, run: TailRun, index: int):
@@ -123,7 +114,7 @@ class TailGroups:
 
     def __init__(self, actor):
         self._actor = actor
-        upstream.wrap_engine_llm(actor, TailStream)
+        upstream.wrap_engine_llm(actor, functools.partial(EngineStream, slot=_SLOT, track=_track_sample))
         self._runs: dict[int, TailRun] = {}
         self._early_aborts: set[int] = set()
         self._returned: collections.OrderedDict[int, None] = collections.OrderedDict()

@@ -9,7 +9,7 @@ behaviour is chosen by the sample's label. Each failure:
 - leaves no unfinished request in the engine, read from the engine itself (`get_num_unfinished_requests`) right after
   the step raised, and no outcome or token chunk of the failed step behind;
 - and where requests were cut, vLLM's own counters (`vllm:generation_tokens`, `vllm:request_success` by finish
-  reason, read from the engine process by `bench.rollout.engine_counters`) show that no request of the step ran to
+  reason, read from the engine process by `rollout.engine_counters`) show that no request of the step ran to
   its end.
 
 The paths that must work (streaming with dynamic filtering, a dataloader shorter than the rollout batch, `max_len`
@@ -34,7 +34,7 @@ from test_streaming_overlap import (  # noqa: F401
     scorers,
 )
 
-from openrlhf_darts.bench.rollout import engine_counters
+from openrlhf_darts.rollout.engine_counters import engine_counters
 from openrlhf_darts.config import DartsConfig
 
 pytestmark = [pytest.mark.contract, pytest.mark.timeout(900)]

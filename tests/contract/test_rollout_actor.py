@@ -4,7 +4,7 @@ import pytest
 from conftest import count_lines, stop_token_ids
 from test_early_abort import _overshoot_bound
 
-from openrlhf_darts.bench.rollout import engine_counters
+from openrlhf_darts.rollout.engine_counters import engine_counters
 from openrlhf_darts.core.types import Decision, GroupOutcome, GroupPlan
 
 pytestmark = [pytest.mark.contract, pytest.mark.timeout(600)]

@@ -3,7 +3,7 @@
 import pytest
 from conftest import prompt_batches, rollout_args
 
-from openrlhf_darts.bench.rollout import engine_counters
+from openrlhf_darts.rollout.engine_counters import engine_counters
 from openrlhf_darts.config import DartsConfig
 
 pytestmark = [pytest.mark.contract, pytest.mark.timeout(600)]
