@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 ASSETS = Path(__file__).parent / "assets"
+TEST_STOP_TOKENS = 40  # ordinary token ids that stop the random tiny model (models/stopping.py): about 4% a step
 
 
 @pytest.fixture(scope="session")
@@ -45,22 +46,15 @@ def tokenizer(tiny_model_path):
 
 @pytest.fixture(scope="session")
 def stopping_model_path(tiny_model_path, tmp_path_factory) -> str:
-    """The tiny model with 40 ordinary tokens added to generation_config's eos ids.
+    """The tiny model with 40 ordinary tokens added to generation_config's eos ids (`models.stopping`).
 
     vLLM turns generation_config eos ids into stop tokens for every request (also upstream's), so the random model
     stops at varied lengths (about 4% a step) instead of always running to the cap: groups get a real length spread.
     """
-    import json
-    import shutil
+    from openrlhf_darts.models.stopping import write_stopping_copy
 
     path = tmp_path_factory.mktemp("models") / "tiny-stopping"
-    shutil.copytree(tiny_model_path, path)
-    config_file = path / "generation_config.json"
-    config = json.loads(config_file.read_text())
-    vocab = json.loads((path / "config.json").read_text())["vocab_size"]
-    config["eos_token_id"] = [config["eos_token_id"]] + list(range(vocab - 40, vocab))
-    config_file.write_text(json.dumps(config))
-    return str(path)
+    return write_stopping_copy(tiny_model_path, path, TEST_STOP_TOKENS)
 
 
 @pytest.fixture(scope="session")
@@ -78,9 +72,11 @@ def darts_engine(ray_cluster, stopping_model_path):
     return engines[0]
 
 
-def stop_token_ids(tokenizer, count: int = 40) -> list[int]:
+def stop_token_ids(tokenizer, count: int = TEST_STOP_TOKENS) -> list[int]:
     """Ordinary tokens used as extra stop tokens, so the random tiny model stops at varied lengths (~count/1000 a step)."""
-    return list(range(len(tokenizer) - count, len(tokenizer)))
+    from openrlhf_darts.models.stopping import stop_token_ids as last_token_ids
+
+    return last_token_ids(len(tokenizer), count)
 
 
 def rollout_args(
