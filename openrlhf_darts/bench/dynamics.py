@@ -47,6 +47,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from openrlhf_darts.bench import tasks
+from openrlhf_darts.local.inputs import grpo_flags
 
 # ---- arms -----------------------------------------------------------------------------------------------------------
 
@@ -139,22 +140,13 @@ TRAIN_SEED, EVAL_SEED = 101, 202  # built-in problems: one training set and one 
 def load_problems(path: str | os.PathLike, flag: str) -> list[dict[str, str]]:
     """Rows `{"prompt", "answer", "pattern"}` of a JSONL file (`pattern` defaults to "untagged"), checked per line."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{flag} {path}:{number} is not JSON ({error}); one object per line") from error
-            if not isinstance(item, dict) or not isinstance(item.get("prompt"), str) or "answer" not in item:
-                raise ValueError(f"{flag} {path}:{number} needs a string 'prompt' and an 'answer'; got {line[:80]!r}")
-            pattern = str(item.get("pattern", "untagged"))
-            if "/" in pattern or pattern == "all":
-                raise ValueError(f"{flag} {path}:{number} has pattern {pattern!r}; 'all' and '/' are reserved")
-            rows.append({"prompt": item["prompt"], "answer": str(item["answer"]), "pattern": pattern})
-    if not rows:
-        raise ValueError(f"{flag} {path} holds no problem; expected JSONL rows with 'prompt' and 'answer'")
+    for number, item in tasks.read_prompt_file(path, flag):
+        if "answer" not in item:
+            raise ValueError(f"{flag} {path}:{number} needs a string 'prompt' and an 'answer'; got {str(item)[:80]!r}")
+        pattern = str(item.get("pattern", "untagged"))
+        if "/" in pattern or pattern == "all":
+            raise ValueError(f"{flag} {path}:{number} has pattern {pattern!r}; 'all' and '/' are reserved")
+        rows.append({"prompt": item["prompt"], "answer": str(item["answer"]), "pattern": pattern})
     return rows
 
 
@@ -205,28 +197,20 @@ def write_upstream_file(problems: list[dict], path: Path) -> None:
 # ---- runs -----------------------------------------------------------------------------------------------------------
 def shared_flags(args, model_path: str, train_file: Path, eval_file: Path, num_eval: int) -> list[str]:
     """Upstream flags of every run (an arm adds its --darts.* lines, a seed --train.seed)."""
-    n, prompts = args.n, args.prompts_per_step
+    flags = grpo_flags(
+        model_path=model_path,
+        prompt_file=train_file,
+        max_samples=max(args.steps * args.prompts_per_step, num_eval),
+        max_len=args.max_len,
+        reward_file=tasks.reward_file(args.task),
+        prompts_per_step=args.prompts_per_step,
+        n=args.n,
+        max_new_tokens=args.max_new_tokens,
+        lr=args.lr,
+        kl_init_coef="0",
+    )
     return [
-        "--actor.model_name_or_path", model_path,
-        "--data.prompt_dataset", str(train_file),
-        "--data.input_key", "prompt",
-        "--data.label_key", "label",
-        "--data.apply_chat_template",
-        "--data.max_samples", str(max(args.steps * prompts, num_eval)),
-        "--data.max_len", str(args.max_len),
-        "--reward.remote_url", tasks.reward_file(args.task),
-        "--rollout.batch_size", str(prompts),
-        "--rollout.n_samples_per_prompt", str(n),
-        "--rollout.max_new_tokens", str(args.max_new_tokens),
-        "--rollout.micro_batch_size", str(n),
-        "--rollout.temperature", "1.0",
-        "--train.batch_size", str(prompts * n),
-        "--train.micro_batch_size", str(n),
-        "--train.num_episodes", "1",
-        "--algo.advantage.estimator", "group_norm",
-        "--algo.kl.init_coef", "0",
-        "--actor.adam.lr", str(args.lr),
-        "--actor.lr_warmup_ratio", "0",
+        *flags,
         "--eval.dataset", str(eval_file),
         "--eval.steps", str(args.eval_every),
         "--eval.temperature", "1.0",

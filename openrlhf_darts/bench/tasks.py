@@ -26,12 +26,15 @@ Task selection, the one API benchmarks and the local mode use to offer ``--task`
   through the model's chat template (or write them as the ``prompt`` field of an OpenRLHF prompt file used with
   ``--data.apply_chat_template``) and pass the label as the sample's label.
 - ``reward_file(task)``: the file for ``--reward.remote_url`` (its ``reward_func`` scores that task's labels).
+- ``read_prompt_file(path, flag)``: the checked rows of a JSONL prompt file, the benchmarks' alternative to a task.
 
 Standard library only at import (torch is imported inside ``reward_func``, which runs where torch is loaded anyway).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import re
 from pathlib import Path
@@ -265,3 +268,25 @@ def reward_file(task: str) -> str:
     check_task(task)
     name = "tasks.py" if task == BUILTIN else "gym_tasks.py"
     return str(Path(__file__).resolve().parent / name)
+
+
+def read_prompt_file(path: str | os.PathLike, flag: str) -> list[tuple[int, dict]]:
+    """`(line number, object)` per non-blank line of a JSONL prompt file given by option `flag`, each object with a
+    string ``prompt``; the caller checks its own further keys. ValueError naming the option, file and line otherwise,
+    or when the file holds no prompt. (The prompt files of ``bench.rollout --prompts`` and ``bench.dynamics
+    --train-prompts / --eval-prompts``.)"""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{flag} {path}:{number} is not JSON ({error}); one object per line") from error
+            if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
+                raise ValueError(f"{flag} {path}:{number} has no string 'prompt' field; got {line.strip()[:80]!r}")
+            rows.append((number, item))
+    if not rows:
+        raise ValueError(f"{flag} {path} holds no prompt; expected one JSON object with a 'prompt' field per line")
+    return rows

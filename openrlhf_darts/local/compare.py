@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from openrlhf_darts.bench import tasks
-from openrlhf_darts.local.inputs import policy_path, write_problems
+from openrlhf_darts.local.inputs import grpo_flags, policy_path, write_problems
 from openrlhf_darts.local.sft import DEFAULT_DIFFICULTY, DIFFICULTIES
 
 DEFAULT_DARTS_FLAGS = ["--darts.enable", "--darts.selection", "dual_end"]
@@ -128,30 +128,19 @@ def write_task_problems(args, path: Path) -> str:
 
 def build_argv(args, model_path: str, data_path: Path, reward_path: str | None = None) -> list[str]:
     """Upstream flags shared by both runs (the DARTS run adds only --darts.* lines)."""
-    n, prompts = args.n_samples_per_prompt, args.prompts_per_step
-    return [
-        "--actor.model_name_or_path", model_path,
-        "--data.prompt_dataset", str(data_path),
-        "--data.input_key", "prompt",
-        "--data.label_key", "label",
-        "--data.apply_chat_template",
-        "--data.max_samples", str(args.steps * prompts),
-        "--data.max_len", str(args.max_len),
-        "--reward.remote_url", reward_path or tasks.reward_file(tasks.BUILTIN),
-        "--rollout.batch_size", str(prompts),
-        "--rollout.n_samples_per_prompt", str(n),
-        "--rollout.max_new_tokens", str(args.max_new_tokens),
-        "--rollout.micro_batch_size", str(n),
-        "--rollout.temperature", "1.0",
-        "--train.batch_size", str(prompts * n),
-        "--train.micro_batch_size", str(n),
-        "--train.num_episodes", "1",
-        "--train.seed", str(args.seed),
-        "--algo.advantage.estimator", "group_norm",
-        "--algo.kl.init_coef", "0.001",
-        "--actor.adam.lr", str(args.lr),
-        "--actor.lr_warmup_ratio", "0",
-    ]  # fmt: skip
+    flags = grpo_flags(
+        model_path=model_path,
+        prompt_file=data_path,
+        max_samples=args.steps * args.prompts_per_step,
+        max_len=args.max_len,
+        reward_file=reward_path or tasks.reward_file(tasks.BUILTIN),
+        prompts_per_step=args.prompts_per_step,
+        n=args.n_samples_per_prompt,
+        max_new_tokens=args.max_new_tokens,
+        lr=args.lr,
+        kl_init_coef="0.001",
+    )
+    return [*flags, "--train.seed", str(args.seed)]
 
 
 def build_parser() -> argparse.ArgumentParser:

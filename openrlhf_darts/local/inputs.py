@@ -1,6 +1,7 @@
 """Local mode's inputs as files, for runs of `local.train` outside `local.compare`: the policy model folder and the
 prompts file. `python -m openrlhf_darts.local.inputs --out_dir DIR --problems N` writes `DIR/problems.jsonl` and
 prints, as its last line, `<model folder><TAB><problems file>`; examples/scripts/common_smoke_cpu.sh reads that line.
+`grpo_flags` are the upstream flags every local GRPO run shares (`local.compare`, `bench.dynamics`).
 
 The problems are `local.sft.mixed_problems` (`bench.tasks` problems, the `local.sft.DEFAULT_DIFFICULTY` mix by default) as
 `{"prompt", "label"}` lines, the keys `--data.input_key prompt --data.label_key label` name; the reward for them is the
@@ -36,6 +37,47 @@ def write_problems(path: str | Path, num: int, seed: int, difficulty: str = DEFA
     problems = mixed_problems(num, seed, difficulty)
     path.write_text("".join(json.dumps({"prompt": p["prompt"], "label": p["answer"]}) + "\n" for p in problems))
     return path
+
+
+def grpo_flags(
+    *,
+    model_path: str,
+    prompt_file: str | Path,
+    max_samples: int,
+    max_len: int,
+    reward_file: str,
+    prompts_per_step: int,
+    n: int,
+    max_new_tokens: int,
+    lr: float,
+    kl_init_coef: str,
+) -> list[str]:
+    """Upstream flags of a local GRPO run, the ones `local.compare` and `bench.dynamics` share: the prompts file of
+    `write_problems` (chat template applied), `group_norm` advantages, one episode, one PPO batch per rollout
+    (`prompts_per_step` x `n` samples, micro-batches of one group), temperature 1, no learning-rate warm-up. Each
+    caller adds its own (seed, evaluation); the order is fixed, since `bench.dynamics --reuse-finished` compares it."""
+    return [
+        "--actor.model_name_or_path", model_path,
+        "--data.prompt_dataset", str(prompt_file),
+        "--data.input_key", "prompt",
+        "--data.label_key", "label",
+        "--data.apply_chat_template",
+        "--data.max_samples", str(max_samples),
+        "--data.max_len", str(max_len),
+        "--reward.remote_url", reward_file,
+        "--rollout.batch_size", str(prompts_per_step),
+        "--rollout.n_samples_per_prompt", str(n),
+        "--rollout.max_new_tokens", str(max_new_tokens),
+        "--rollout.micro_batch_size", str(n),
+        "--rollout.temperature", "1.0",
+        "--train.batch_size", str(prompts_per_step * n),
+        "--train.micro_batch_size", str(n),
+        "--train.num_episodes", "1",
+        "--algo.advantage.estimator", "group_norm",
+        "--algo.kl.init_coef", kl_init_coef,
+        "--actor.adam.lr", str(lr),
+        "--actor.lr_warmup_ratio", "0",
+    ]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
