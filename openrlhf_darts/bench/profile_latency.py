@@ -304,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> PerTokenLatency:
     import ray
 
     from openrlhf_darts.backends.cpu import settings
-    from openrlhf_darts.bench.rollout import (
+    from openrlhf_darts.bench.rollout_engine import (
         CPU_BLOCK_SIZE,
         MIN_KV_CACHE_BYTES,
         create_engine,

@@ -38,28 +38,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-TINY_EXTRA_EOS = 16  # ordinary tokens added as EOS ids so the random tiny model stops at varied lengths
-
-
-def _stopping_copy(model_path: str, work: Path, extra: int) -> str:
-    """A copy of the model whose generation_config lists `extra` more EOS ids (vLLM stops every request on them)."""
-    path = work / "model"
-    shutil.copytree(model_path, path)
-    config_file = path / "generation_config.json"
-    config = json.loads(config_file.read_text()) if config_file.exists() else {}
-    vocab = json.loads((path / "config.json").read_text())["vocab_size"]
-    eos = config.get("eos_token_id")
-    eos = [eos] if isinstance(eos, int) else list(eos or [])
-    config["eos_token_id"] = eos + list(range(vocab - extra, vocab))
-    config_file.write_text(json.dumps(config))
-    return str(path)
-
+from openrlhf_darts.models.stopping import TINY_STOP_TOKENS, write_stopping_copy
 
 def _batches(prompts: list[str], labels: list[str], batch: int):
     return [
@@ -93,7 +77,8 @@ def run(args: argparse.Namespace) -> dict:
     from openrlhf_darts import upstream
     from openrlhf_darts.backends.cpu.args import cpu_args
     from openrlhf_darts.backends.cpu.groups import cpu_actor_group
-    from openrlhf_darts.bench.rollout import REWARD_FILE, builtin_prompts, create_engine, init_ray
+    from openrlhf_darts.bench.rollout import REWARD_FILE, builtin_prompts
+    from openrlhf_darts.bench.rollout_engine import create_engine, init_ray
     from openrlhf_darts.config import DartsConfig
     from openrlhf_darts.models import resolve_model
     from openrlhf_darts.trainer.experience_maker import DartsExperienceMaker
@@ -111,7 +96,7 @@ def run(args: argparse.Namespace) -> dict:
     else:
         model_path = resolve_model(args.model)
     if args.model == "tiny":
-        model_path = _stopping_copy(model_path, work, TINY_EXTRA_EOS)
+        model_path = write_stopping_copy(model_path, work / "model", TINY_STOP_TOKENS)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     init_ray()
     engine = create_engine(model_path, args.seed, max_model_len=1024, remote_rm_url=REWARD_FILE)

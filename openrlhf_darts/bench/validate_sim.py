@@ -153,13 +153,13 @@ def _measure_before(requests: int, seed: int, fresh_profile: bool, found: dict):
     def hook(engine, context) -> None:
         import statistics
 
-        from openrlhf_darts.bench import rollout
+        from openrlhf_darts.bench import rollout, rollout_engine
 
-        one_token = rollout.rollout_sampling_params(1)
+        one_token = rollout_engine.rollout_sampling_params(1)
         found["fixed_s"] = {}
         for name, plan in rollout.variant_plans(context["n"]).items():
             walls = [
-                rollout.run_variant(
+                rollout_engine.run_variant(
                     engine, name, plan, context["prompts"], context["labels"], one_token, context["tokenizer"],
                     context["n"], context["max_length"], progress=False,
                 )["wall_s"]

@@ -9,7 +9,7 @@ import json
 import pytest
 from conftest import stop_token_ids
 
-from openrlhf_darts.bench import rollout
+from openrlhf_darts.bench import rollout, rollout_report
 from openrlhf_darts.sim.traces import load_recorded
 
 pytestmark = [pytest.mark.contract, pytest.mark.timeout(600)]
@@ -28,7 +28,7 @@ def bench_report(ray_cluster, darts_engine, tokenizer, tmp_path_factory):
     )  # fmt: skip
     report["meta"] = {"model": "tiny", "n": N}
     out = tmp_path_factory.mktemp("bench")
-    return report, rollout.write_outputs(report, out)
+    return report, rollout_report.write_outputs(report, out)
 
 
 def test_outputs_are_well_formed(bench_report):
@@ -95,7 +95,7 @@ def test_tail_batching_arm_keeps_the_first_b_groups_and_aborts_the_rest(ray_clus
     assert (stats["tokens_generated"], stats["tokens_wasted"]) == (generated, generated - stats["tokens_kept"])
     assert stats["tokens_wasted"] == sum(sum(g["lengths"]) for g in groups if not g["kept"])
     assert stats["tokens_generated"] == stats["engine_tokens_generated"]  # vLLM's own count, aborted ones included
-    table = rollout.format_table(dict(report, meta={"model": "tiny", "n": N}))
+    table = rollout_report.format_table(dict(report, meta={"model": "tiny", "n": N}))
     assert "prompts launched / kept" in table and "6/3" in table and "3/3" in table
     with pytest.raises(ValueError, match=r"tail_batching launches ceil\(2.0 x 3\) = 6 prompts but only 4"):
         rollout.run_benchmark(
@@ -135,7 +135,7 @@ def test_summarize_on_a_hand_computed_run():
              "rewards": [0.0, 1.0, None]},
         ],
     }  # fmt: skip
-    stats = rollout.summarize(run, n=2, shortest_only=True)
+    stats = rollout_report.summarize(run, n=2, shortest_only=True)
     # Generated 4+9+6 + 5+12+12 = 48; kept 4+6 + 5+12 = 27; wasted 9 + 12 = 21.
     assert (stats["tokens_generated"], stats["tokens_kept"], stats["tokens_wasted"]) == (48, 27, 21)
     # The longest request, 12. Oracle per prompt: the 2nd shortest valid finish, 6 and 12 -> 12.
@@ -149,7 +149,7 @@ def test_summarize_on_a_hand_computed_run():
     assert (stats["aborted"], stats["truncated"], stats["underfilled_groups"]) == (1, 1, 0)
     assert stats["kept_reward_mean"] == 0.5 and stats["tokens_per_s"] == 24.0  # rewards 1, 0, 0, 1; 48 / 2 s
     # The dual-end oracle is each prompt's longest candidate: 9 and 12.
-    assert rollout.summarize(run, n=2, shortest_only=False)["prompt_oracle_steps"] == [9, 12]
+    assert rollout_report.summarize(run, n=2, shortest_only=False)["prompt_oracle_steps"] == [9, 12]
 
 
 def test_ratios_vs_baseline_on_hand_computed_figures():
@@ -158,7 +158,7 @@ def test_ratios_vs_baseline_on_hand_computed_figures():
                 "wall_s": wall, "tokens_generated": generated, "kept_length": {"mean": kept_mean}}  # fmt: skip
 
     figures = {"baseline": stats(80, 40, 40, 8.0, 100, 20.0), "dual_end": stats(60, 50, 45, 6.0, 125, 15.0)}
-    ratios = rollout.ratios_vs_baseline(figures)
+    ratios = rollout_report.ratios_vs_baseline(figures)
     # 60/80, 50/40, 45/40, 6/8, 125/100, 15/20.
     assert ratios["dual_end"] == {
         "engine_iterations": 0.75, "longest_request": 1.25, "oracle_longest_request": 1.125, "wall_s": 0.75,

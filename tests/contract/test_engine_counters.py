@@ -65,7 +65,7 @@ def test_two_requests_together_take_the_longer_ones_iterations(ray_cluster, dart
 
 
 def test_more_requests_than_slots_take_more_iterations_than_the_longest(ray_cluster, darts_engine, tokenizer):
-    from openrlhf_darts.bench.rollout import engine_limits
+    from openrlhf_darts.bench.rollout_engine import engine_limits
 
     limits = engine_limits(darts_engine)
     slots, k = limits["max_num_seqs"], 24

@@ -281,7 +281,7 @@ def test_rollout_sampling_params_equal_upstream_dispatch(
 
     if correction == "off" and set(generate_kwargs) == {"temperature", "top_p", "max_new_tokens"}:
         # The benchmarks' rollout parameters are the same builder's, plus their extra stop tokens.
-        from openrlhf_darts.bench.rollout import rollout_sampling_params
+        from openrlhf_darts.bench.rollout_engine import rollout_sampling_params
 
         bench = rollout_sampling_params(generate_kwargs["max_new_tokens"], generate_kwargs["temperature"], [7, 9])
         theirs = calls[0]["sampling_params"]
