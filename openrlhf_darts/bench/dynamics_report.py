@@ -315,13 +315,8 @@ def plot_all(report: dict, out: Path) -> dict[str, str]:
     titles = ("kept samples (training)", "candidates that finished (training)", "held-out, no selection")
     for ax, title in zip(axes, titles):
         ax.set(xlabel="step", ylabel="mean response length (tokens)", title=title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
     fig.suptitle("response length over training: mean over seeds, band = min-max over seeds")
-    fig.tight_layout()
-    paths["lengths"] = str(out / "lengths.png")
-    fig.savefig(paths["lengths"], dpi=100)
-    plt.close(fig)
+    paths["lengths"] = _save(plt, fig, axes, out / "lengths.png")
 
     patterns = sorted(
         {p for a in arms.values() for r in a["runs"].values() for p in r["evals"][0]["greedy"]["patterns"]}
@@ -335,13 +330,7 @@ def plot_all(report: dict, out: Path) -> dict[str, str]:
                 values = [[e[mode]["patterns"][pattern]["accuracy"] for e in es] for es in evals]
                 _band(axes[row][col], eval_steps, values, arm, marker="o", color=colors[arm])
                 axes[row][col].set(title=f"pattern {pattern}, {mode}", xlabel="step", ylabel="held-out accuracy")
-    for ax in axes.flat:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths["accuracy"] = str(out / "accuracy.png")
-    fig.savefig(paths["accuracy"], dpi=100)
-    plt.close(fig)
+    paths["accuracy"] = _save(plt, fig, axes.flat, out / "accuracy.png")
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
     for arm, data in arms.items():
@@ -351,14 +340,20 @@ def plot_all(report: dict, out: Path) -> dict[str, str]:
             _band(ax, steps, [np.cumsum([s[key] for s in r["steps"]]) for r in seeds], arm, color=colors[arm])
     for ax, label in zip(axes, ("engine iterations (vLLM's count)", "tokens generated", "rollout wall time (s)")):
         ax.set(xlabel="step", ylabel=f"cumulative {label}")
+    fig.suptitle("cumulative rollout cost: mean over seeds, band = min-max over seeds")
+    paths["cumulative"] = _save(plt, fig, axes, out / "cumulative.png")
+    return paths
+
+
+def _save(plt, fig, axes, path: Path) -> str:
+    """Grid and legend on every panel, then the figure to `path` (closed afterwards); returns the path."""
+    for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("cumulative rollout cost: mean over seeds, band = min-max over seeds")
     fig.tight_layout()
-    paths["cumulative"] = str(out / "cumulative.png")
-    fig.savefig(paths["cumulative"], dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
-    return paths
+    return str(path)
 
 
 def write_outputs(report: dict, text: str, out: Path) -> dict[str, str]:

@@ -135,33 +135,36 @@ class DartsPPOTrainer(upstream.ppo_trainer_base()):
         if not self.darts_config.enable or not checkpoint_states:
             return
         self.samples_generator.completed_steps = checkpoint_states["global_step"]  # 0 for a fresh run
-        state = checkpoint_states.get(PLANNER_STATE_KEY)
-        if state is not None:
-            self.samples_generator.planner.load_state_dict(state)
-        elif checkpoint_states["global_step"] > 0:
-            # Resuming a checkpoint written without DARTS (a baseline run, say): allocation restarts from no history.
-            logger.warning(
-                "checkpoint at global_step=%s has no %r state; DARTS length statistics start empty",
-                checkpoint_states["global_step"],
-                PLANNER_STATE_KEY,
-            )
+        # A checkpoint written without DARTS (a baseline run, say): allocation restarts from no history.
+        _load_state(
+            checkpoint_states, PLANNER_STATE_KEY, self.samples_generator.planner.load_state_dict,
+            "DARTS length statistics start empty",
+        )  # fmt: skip
 
 
 def _restore_tail_queue(trainer, checkpoint_states) -> None:
     """Load the deferred-prompt queue into the tail-batching generator, or warn where it cannot be used."""
     queue = checkpoint_states.get(TAIL_QUEUE_KEY)
     if trainer.tail_batching_config.enable:
-        if queue is not None:
-            trainer.samples_generator.queue.load_state_dict(queue)
-        elif checkpoint_states["global_step"] > 0:
-            logger.warning(
-                "checkpoint at global_step=%s has no %r state; tail batching starts with an empty deferred queue",
-                checkpoint_states["global_step"],
-                TAIL_QUEUE_KEY,
-            )
+        _load_state(
+            checkpoint_states, TAIL_QUEUE_KEY, trainer.samples_generator.queue.load_state_dict,
+            "tail batching starts with an empty deferred queue",
+        )  # fmt: skip
     elif queue is not None and queue["items"]:
         # Those prompts were drawn from the dataloader already: this run will never see them.
         logger.warning(
             "checkpoint holds %d deferred tail-batching prompts but --tail_batching.enable is off; they are skipped",
             len(queue["items"]),
+        )
+
+
+def _load_state(checkpoint_states, key: str, load, starts_empty: str) -> None:
+    """`load(checkpoint_states[key])`; a checkpoint past step 0 without that state (written with the feature off) is
+    resumed from an empty state, and a warning says so with `starts_empty`."""
+    state = checkpoint_states.get(key)
+    if state is not None:
+        load(state)
+    elif checkpoint_states["global_step"] > 0:
+        logger.warning(
+            "checkpoint at global_step=%s has no %r state; %s", checkpoint_states["global_step"], key, starts_empty
         )
