@@ -3,7 +3,8 @@ the rollout cost along the way? Several arms x seeds of the same local GRPO trai
 
     python -m openrlhf_darts.bench.dynamics [--arms baseline,darts_uniform,...] [--seeds 3] [--steps 40]
         [--prompts-per-step 16] [--n 8] [--eval-every 10] [--eval-samples 4] [--eval-size 128] [--lr 1e-4]
-        [--task builtin|gsm_symbolic|...] [--train-prompts FILE.jsonl] [--eval-prompts FILE.jsonl]
+        [--task builtin|gsm_symbolic|...] [--mix two_pattern|pattern1] [--train-prompts FILE.jsonl]
+        [--eval-prompts FILE.jsonl]
         [--model tiny-verbose|PATH] [--out runs/dynamics]
 
 Every run is upstream OpenRLHF's own `train_ppo_ray` in local mode (`local.train`: vLLM-CPU rollout through the DARTS
@@ -11,11 +12,13 @@ engine actor, CPU policy actor, `group_norm` = GRPO advantages, no KL term, weig
 and seeds get the same upstream flags, prompts and model; an arm adds only its `--darts.*` lines (`ARMS`; the
 `tail_batching` arm, DARTS off, its `--tail_batching.*` lines instead), a seed only `--train.seed` (prompt order,
 engine sampling). The task (`--task`, default `builtin`) is the two-pattern task of `local.sft` (Pattern I: self-checks
-that change nothing; Pattern II: multi-hop lookups answered right far more often hop by hop than at once), a
-reasoning-gym dataset (`bench.tasks.task_problems`, scored by its own scorer, `bench.tasks.reward_file`; the pattern is
-the dataset's name; use a model that can read it), or your own prompts: `--train-prompts` / `--eval-prompts` take
-JSONL rows `{"prompt", "answer", "pattern"?}` (the prompt as plain text, rendered with the model's chat template;
-`pattern` any label the held-out figures are split by), scored by the exact-answer reward of `bench.tasks`.
+that change nothing; Pattern II: multi-hop lookups, meant to be answered right far more often hop by hop than at once,
+which no recipe tried so far teaches the 0.4 M model; `--mix pattern1` keeps Pattern I alone, with its own SFT
+policy), a reasoning-gym dataset (`bench.tasks.task_problems`, scored by its own scorer, `bench.tasks.reward_file`;
+the pattern is the dataset's name; use a model that can read it), or your own prompts: `--train-prompts` /
+`--eval-prompts` take JSONL rows `{"prompt", "answer", "pattern"?}` (the prompt as plain text, rendered with the
+model's chat template; `pattern` any label the held-out figures are split by), scored by the exact-answer reward of
+`bench.tasks`.
 
 Measured, per run:
 - every step (`report["arms"][arm]["runs"][seed]["steps"]`, straight from the run's status dicts): kept and
@@ -47,7 +50,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from openrlhf_darts.bench import tasks
-from openrlhf_darts.local.inputs import grpo_flags
+from openrlhf_darts.local.inputs import grpo_flags, policy_path
 
 # ---- arms -----------------------------------------------------------------------------------------------------------
 
@@ -150,15 +153,26 @@ def load_problems(path: str | os.PathLike, flag: str) -> list[dict[str, str]]:
     return rows
 
 
-def builtin_problems(num_train: int, eval_size: int) -> tuple[list[dict], list[dict]]:
-    """Training problems in the two-pattern mix, and a held-out set of half Pattern I, half Pattern II problems that
-    shares no prompt with them."""
-    from openrlhf_darts.local.sft import DEFAULT_DIFFICULTY, mixed_problems
+# Built-in mixes (`--mix`): the local.sft mix of the training problems and of the SFT policy, and the held-out set's
+# parts as (local.sft mix, share). "pattern1" is the two-pattern task without its lookups, which no recipe tried so far
+# teaches the 0.4 M model (local/sft.py): the copy and one-step problems with self-checks (Pattern I) alone.
+MIXES: dict[str, tuple[str, tuple[tuple[str, float], ...]]] = {
+    "two_pattern": ("two_pattern", (("easy", 0.5), ("lookup", 0.5))),
+    "pattern1": ("easy", (("easy", 1.0),)),
+}
 
-    train = mixed_problems(num_train, TRAIN_SEED, DEFAULT_DIFFICULTY)
+
+def builtin_problems(num_train: int, eval_size: int, mix: str = "two_pattern") -> tuple[list[dict], list[dict]]:
+    """Training problems of built-in `mix` (`MIXES`), and a held-out set that shares no prompt with them: for
+    "two_pattern" half Pattern I, half Pattern II problems; for "pattern1" Pattern I problems only."""
+    from openrlhf_darts.local.sft import mixed_problems
+
+    train_mix, parts = MIXES[mix]
+    train = mixed_problems(num_train, TRAIN_SEED, train_mix)
     seen = {p["prompt"] for p in train}
     held_out = []
-    for difficulty, count in (("easy", eval_size // 2), ("lookup", eval_size - eval_size // 2)):
+    counts = [int(eval_size * share) for _, share in parts[:-1]]
+    for (difficulty, _), count in zip(parts, [*counts, eval_size - sum(counts)]):
         fresh = [p for p in mixed_problems(4 * count + 16, EVAL_SEED, difficulty) if p["prompt"] not in seen]
         unique = list({p["prompt"]: p for p in fresh}.values())[:count]
         if len(unique) < count:
@@ -273,7 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n", type=int, default=8, help="samples kept per prompt (--rollout.n_samples_per_prompt)")
     parser.add_argument("--eval-every", type=int, default=10, help="held-out evaluation every k steps (and at 0)")
     parser.add_argument("--eval-samples", type=int, default=4, help="samples per held-out prompt at temperature 1")
-    parser.add_argument("--eval-size", type=int, default=128, help="held-out problems (built-in task: half per pattern)")
+    parser.add_argument(
+        "--eval-size", type=int, default=128, help="held-out problems (built-in two_pattern: half per pattern)"
+    )
     parser.add_argument("--lr", type=float, default=1e-4, help="--actor.adam.lr")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="--rollout.max_new_tokens")
     parser.add_argument("--max-len", type=int, default=768, help="--data.max_len (prompt + response)")
@@ -284,7 +300,18 @@ def build_parser() -> argparse.ArgumentParser:
         "such as gsm_symbolic, basic_arithmetic, chain_sum (its own scorer as the reward; use a model that can read "
         "it, e.g. --model smollm2)",
     )
-    parser.add_argument("--model", default="tiny-verbose", help="tiny-verbose (the two-pattern SFT model) or a folder")
+    parser.add_argument(
+        "--mix",
+        choices=sorted(MIXES),
+        default="two_pattern",
+        help="built-in task: two_pattern (Pattern I and lookups, the default) or pattern1 (Pattern I problems only); "
+        "also chooses the tiny-verbose policy fine-tuned on that mix",
+    )
+    parser.add_argument(
+        "--model",
+        default="tiny-verbose",
+        help="tiny-verbose (the SFT policy of --mix, cached on first use), or a folder",
+    )
     parser.add_argument("--train-prompts", default=None, help="JSONL {prompt, answer, pattern?}; default built-in")
     parser.add_argument("--eval-prompts", default=None, help="JSONL {prompt, answer, pattern?}; default built-in")
     parser.add_argument("--out", default="runs/dynamics", help="output folder")
@@ -314,6 +341,11 @@ def check_args(args) -> list[str]:
             "evaluated"
         )
     tasks.check_task(args.task)
+    if args.mix != "two_pattern" and (args.task != tasks.BUILTIN or args.train_prompts or args.eval_prompts):
+        raise ValueError(
+            f"--mix {args.mix} chooses the built-in task's problems; with --task {args.task} or prompt files it would "
+            "be ignored, so drop one of them"
+        )
     for flag, path in (("--train-prompts", args.train_prompts), ("--eval-prompts", args.eval_prompts)):
         if path is not None and args.task != tasks.BUILTIN:
             raise ValueError(
@@ -325,16 +357,6 @@ def check_args(args) -> list[str]:
     return arms
 
 
-def resolve_model(name: str) -> str:
-    if name == "tiny-verbose":
-        from openrlhf_darts.local.sft import ensure_verbose_model
-
-        return ensure_verbose_model()
-    from openrlhf_darts.models import resolve_model as resolve
-
-    return resolve(name)
-
-
 def prepare_problems(args, out: Path) -> tuple[Path, Path, int, str]:
     """Writes the upstream data files; returns them, the held-out size and where the problems came from."""
     num_train = args.steps * args.prompts_per_step
@@ -342,8 +364,10 @@ def prepare_problems(args, out: Path) -> tuple[Path, Path, int, str]:
         train, held_out = gym_problems(args.task, num_train, args.eval_size)
         source = f"reasoning-gym {args.task} (bench.tasks.task_problems, its own scorer)"
     else:
-        train, held_out = builtin_problems(num_train, args.eval_size)
-        source = "built-in two-pattern task (local.sft, bench.tasks)"
+        train, held_out = builtin_problems(num_train, args.eval_size, args.mix)
+        source = {"two_pattern": "built-in two-pattern task", "pattern1": "built-in Pattern I task (--mix pattern1)"}[
+            args.mix
+        ] + " (local.sft, bench.tasks)"
     if args.train_prompts:
         train = load_problems(args.train_prompts, "--train-prompts")
         source = f"--train-prompts {args.train_prompts}"
@@ -373,7 +397,7 @@ def main(argv: list[str] | None = None) -> dict:
     arms = check_args(args)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    model_path = resolve_model(args.model)
+    model_path = policy_path(args.model, MIXES[args.mix][0])
     train_file, eval_file, num_eval, source = prepare_problems(args, out)
     shared = shared_flags(args, model_path, train_file, eval_file, num_eval)
     report = {

@@ -19,12 +19,13 @@ from pathlib import Path
 from openrlhf_darts.local.sft import DEFAULT_DIFFICULTY, DIFFICULTIES, mixed_problems
 
 
-def policy_path(model: str) -> str:
-    """The folder of `model`: "tiny-verbose" (built and cached on first use), or what `models.resolve_model` takes."""
+def policy_path(model: str, difficulty: str = DEFAULT_DIFFICULTY) -> str:
+    """The folder of `model`: "tiny-verbose", the SFT policy of mix `difficulty` (built and cached on first use), or
+    what `models.resolve_model` takes."""
     if model == "tiny-verbose":
         from openrlhf_darts.local.sft import ensure_verbose_model
 
-        return ensure_verbose_model()
+        return ensure_verbose_model(difficulty=difficulty)
     from openrlhf_darts.models import resolve_model
 
     return resolve_model(model)

@@ -49,6 +49,15 @@ three, but the model still did not learn the copy: greedy, given the first two t
 number in 40 of 40 held-out lookups (3,000-step model). Candidates for the next recipe: a larger body, a curriculum of
 one-hop lookups first, or hops whose key and value sit on adjacent tokens.
 
+**Tried since, and not enough either** (`benchmarks/lookup_probe/`: lookups only, the same shape, 100 held-out
+problems x 4 at temperature 1): the task as it is (600 steps: hop by hop right 0.03, at once 0.04); key and value on
+adjacent tokens ("DB. A17.", a one-token induction copy: 0.03 / 0.06 at 600 steps, 0.15 / 0.13 at 3,000); the same
+with full multi-head attention (3 KV heads, 2,000 steps: 0.08 / 0.09); and with 40% of examples asking to repeat the
+facts verbatim, a dense copying curriculum (0.04 / 0.04; the repeat task's loss stayed near 0.9). The model invents
+letters that are not in the prompt ("TZ. ... What is T?" -> "TQ. QR. R55."): it does not learn to copy by content at
+this size and training length, so Pattern II stays near the floor in every recipe tried, and the two-pattern task can
+only speak to Pattern I.
+
 Run it alone: ``python -m openrlhf_darts.local.sft [--steps N] [--cache_dir DIR]``.
 """
 
@@ -363,10 +372,21 @@ def _train(out_dir, steps: int, batch_size: int, seed: int, lr: float, difficult
     }
 
 
-def ensure_verbose_model(cache_dir: str | os.PathLike | None = None, steps: int = 1500, seed: int = 0) -> str:
-    """The cached tiny-verbose model folder, trained first when missing or built by another recipe."""
-    folder = Path(cache_dir or default_cache_dir()) / DIR_NAME
-    wanted = {"recipe": _RECIPE_VERSION, "steps": steps, "seed": seed}
+def model_dir_name(difficulty: str = DEFAULT_DIFFICULTY) -> str:
+    """The cache folder of the SFT policy of mix `difficulty`: `DIR_NAME` for the two-pattern default,
+    ``tiny-verbose-<difficulty>`` for another `DIFFICULTIES` mix (e.g. ``tiny-verbose-easy``, Pattern I only)."""
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty={difficulty!r} is unknown; choose one of {sorted(DIFFICULTIES)}")
+    return DIR_NAME if difficulty == DEFAULT_DIFFICULTY else f"tiny-verbose-{difficulty}"
+
+
+def ensure_verbose_model(
+    cache_dir: str | os.PathLike | None = None, steps: int = 1500, seed: int = 0, difficulty: str = DEFAULT_DIFFICULTY
+) -> str:
+    """The cached tiny-verbose model folder of mix `difficulty` (`model_dir_name`), trained first when missing or
+    built by another recipe."""
+    folder = Path(cache_dir or default_cache_dir()) / model_dir_name(difficulty)
+    wanted = {"recipe": _RECIPE_VERSION, "steps": steps, "seed": seed, "difficulty": difficulty}
     stamp = folder / _STAMP
     if stamp.is_file():
         found = json.loads(stamp.read_text())
@@ -374,9 +394,9 @@ def ensure_verbose_model(cache_dir: str | os.PathLike | None = None, steps: int 
             return str(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     # Train into a temporary sibling and rename, so an interrupted build never leaves a half-written cache.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{DIR_NAME}-", dir=folder.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        summary = train_verbose_model(tmp, steps=steps, seed=seed)
+        summary = train_verbose_model(tmp, steps=steps, seed=seed, difficulty=difficulty)
         (tmp / _STAMP).write_text(json.dumps({**wanted, **summary}, indent=1))
         if folder.exists():
             shutil.rmtree(folder)

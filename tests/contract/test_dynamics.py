@@ -155,6 +155,12 @@ def test_arms_and_sizes_are_checked_before_any_run():
         check_args(parser.parse_args(["--arms", "baseline", "--task", "gsm8k"]))
     with pytest.raises(ValueError, match="--train-prompts mine.jsonl with --task gsm_symbolic"):
         check_args(parser.parse_args(["--arms", "baseline", "--task", "gsm_symbolic", "--train-prompts", "mine.jsonl"]))
+    with pytest.raises(ValueError, match="--mix pattern1 chooses the built-in task's problems; with --task gsm_sym"):
+        check_args(parser.parse_args(["--arms", "baseline", "--mix", "pattern1", "--task", "gsm_symbolic"]))
+    with pytest.raises(ValueError, match="--mix pattern1 chooses the built-in task's problems"):
+        check_args(parser.parse_args(["--arms", "baseline", "--mix", "pattern1", "--eval-prompts", "mine.jsonl"]))
+    with pytest.raises(SystemExit):  # argparse: not one of the choices
+        parser.parse_args(["--mix", "lookups"])
 
 
 def test_reasoning_gym_task_problems():
@@ -200,6 +206,24 @@ def test_builtin_held_out_set_is_balanced_and_unseen():
     assert [p["pattern"] for p in held_out].count("II") == 32
     assert not {p["prompt"] for p in held_out} & {p["prompt"] for p in train}
     assert len({p["prompt"] for p in held_out}) == 64
+
+
+def test_pattern1_mix_is_pattern_i_only_and_unseen():
+    from openrlhf_darts.bench.dynamics import builtin_problems
+    from openrlhf_darts.local.sft import LEVEL_PATTERN, model_dir_name
+
+    train, held_out = builtin_problems(400, 64, "pattern1")
+    assert len(train) == 400 and len(held_out) == 64 and len({p["prompt"] for p in held_out}) == 64
+    assert {p["pattern"] for p in train} == {p["pattern"] for p in held_out} == {"I"}
+    assert not {p["prompt"] for p in held_out} & {p["prompt"] for p in train}
+    # Independent of builtin_problems: a lookup ("What is D?") or an arithmetic chain never appears in the mix.
+    assert not any("What is" in p["prompt"] for p in train + held_out)
+    assert LEVEL_PATTERN["lookup"] == "II"
+    # The two-pattern default keeps its problems (saved runs and --reuse-finished depend on them).
+    assert builtin_problems(400, 64) == builtin_problems(400, 64, "two_pattern")
+    assert model_dir_name() == "tiny-verbose-2p" and model_dir_name("easy") == "tiny-verbose-easy"
+    with pytest.raises(ValueError, match="difficulty='hard' is unknown"):
+        model_dir_name("hard")
 
 
 def test_interval_arithmetic():
