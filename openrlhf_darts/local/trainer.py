@@ -18,7 +18,9 @@ extends `DartsPPOTrainer` (itself upstream's `PPOTrainer` one level deep) by sho
   counts and candidate figures, lets DARTS merge its metrics and upstream log them, then appends the step's numeric
   status to the JSONL file named by `$OPENRLHF_DARTS_LOCAL_STEP_LOG`;
 - `evaluate` (upstream calls it every `--eval.steps`): upstream's evaluation samples twice through upstream's own
-  generator path (never redundancy or selection): greedy (temperature 0, one sample per prompt) and at
+  generator path (never redundancy or selection), the whole held-out set in one engine call each
+  (`upstream.eval_samples_in_one_call`; upstream sends `--rollout.batch_size` prompts per call, one call after
+  another): greedy (temperature 0, one sample per prompt) and at
   `--eval.temperature` with `--eval.n_samples_per_prompt`; returns upstream's `eval_*` metrics of the second pass (so
   upstream's best-checkpoint logic sees what it always sees) and appends every sample's pattern, length and reward,
   with the engines' counts during the evaluation, to the JSONL file named by `$OPENRLHF_DARTS_LOCAL_EVAL_LOG`.
@@ -207,11 +209,13 @@ class LocalPPOTrainerImpl(DartsPPOTrainer.__ray_actor_class__):
     def evaluate(self, global_step, **generate_kwargs):
         start = time.perf_counter()
         before = self._engine_counts()
-        greedy = self.samples_generator.generate_eval_samples(
-            **dict(generate_kwargs, temperature=0.0, n_samples_per_prompt=1)
+        # The whole held-out set in one engine call per temperature (upstream sends rollout.batch_size prompts per
+        # call, one call after another): the same draws in distribution, a fraction of the engine iterations.
+        greedy = upstream.eval_samples_in_one_call(
+            self.samples_generator, **dict(generate_kwargs, temperature=0.0, n_samples_per_prompt=1)
         )
         middle = self._engine_counts()
-        sampled = self.samples_generator.generate_eval_samples(**generate_kwargs)
+        sampled = upstream.eval_samples_in_one_call(self.samples_generator, **generate_kwargs)
         after = self._engine_counts()
         # A group outcome here would mean evaluation went through DARTS' generate_group (redundancy, selection).
         outcomes = sum(len(r) for r in ray.get([e.pop_group_outcomes.remote() for e in self.vllm_engines]))

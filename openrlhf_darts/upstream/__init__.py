@@ -56,6 +56,7 @@ from openrlhf_darts.upstream.rollout_side import (  # noqa: F401
     dataset_prompts,
     engine_llm,
     engine_vllm_config,
+    eval_samples_in_one_call,
     executor_logger,
     reward_endpoints,
     reward_file_executor,

@@ -245,7 +245,9 @@ BEHAVIOUR_PINNED = (
     "openrlhf.trainer.ppo_utils.experience_maker.RemoteExperienceMaker._dispatch_forward",
     # --- local CPU mode's evaluation and engine counters (local/trainer.py)
     # Runs the whole eval dataloader through _generate_vllm with the generate kwargs it is given (temperature,
-    # n_samples_per_prompt) and no dynamic filtering, so the local evaluation can call it twice at two temperatures.
+    # n_samples_per_prompt) and no dynamic filtering, waking the engines first and putting them back to sleep under
+    # --vllm.enable_sleep, rollout.batch_size prompts per call: rollout_side.eval_samples_in_one_call mirrors it with
+    # one call for the whole set.
     "openrlhf.trainer.ppo_utils.samples_generator.SamplesGenerator.generate_eval_samples",
     # --- reward function files (--reward.remote_url file.py)
     # A remote_url ending in .py is loaded with importlib.util.spec_from_file_location (module name "reward_func") and
@@ -316,6 +318,9 @@ TRAINING_STEP_ATTRIBUTES = {
 ATTRIBUTES = {
     "openrlhf.trainer.ppo_utils.samples_generator.SamplesGenerator._dataloader_iter": (
         "openrlhf.trainer.ppo_utils.samples_generator.SamplesGenerator.generate_samples"
+    ),
+    "openrlhf.trainer.ppo_utils.samples_generator.SamplesGenerator.eval_dataloader": (
+        "openrlhf.trainer.ppo_utils.samples_generator.SamplesGenerator.__init__"
     ),
     "openrlhf.trainer.ray.vllm_engine.RolloutRayActor.llm": (
         "openrlhf.trainer.ray.vllm_engine.RolloutRayActor.__init__"

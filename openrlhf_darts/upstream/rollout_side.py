@@ -1,5 +1,5 @@
 """Engine-side and generator-side doors: the rollout `SamplingParams` as upstream builds them, the engine actor's vLLM
-`llm`, upstream's reward executor and its logger, the samples generator's dataloader iterator, the prompt dataset.
+`llm`, upstream's reward executor and its logger, the samples generator's dataloader iterator, the held-out evaluation in one engine call, the prompt dataset.
 
 Each reads or rebinds one upstream attribute listed in `contract.ATTRIBUTES` (or calls one listed in `CONTRACT`).
 """
@@ -57,6 +57,31 @@ def training_dataloader_iter(generator):
     """The iterator upstream's `generate_samples` draws training prompts from (`SamplesGenerator._dataloader_iter`);
     None before the first training rollout and after the dataloader is exhausted, as upstream itself reads it."""
     return getattr(generator, "_dataloader_iter", None)
+
+
+def eval_samples_in_one_call(generator, **generate_kwargs) -> list:
+    """Every held-out prompt of `generator.eval_dataloader` sent to the engines in one call, as upstream's
+    `generate_eval_samples` otherwise does it: `_generate_vllm` with the given generate kwargs, no dynamic filtering,
+    the engines woken and put back to sleep under `--vllm.enable_sleep`. Upstream sends `--rollout.batch_size` prompts
+    per call and waits for each call, so a held-out set of 64 at batch size 8 runs as 8 calls one after another (8 x the
+    longest answer in engine iterations); here the engine batches them all. The samples are the same draws in
+    distribution; only the engine's schedule changes. Raises if any held-out prompt did not come back."""
+    from openrlhf_darts.upstream.classes import batch_vllm_engine_call
+
+    num_prompts = len(generator.eval_dataloader.dataset)
+    sleep = generator.args.vllm.enable_sleep
+    if sleep:
+        batch_vllm_engine_call(generator.vllm_engines, "wake_up")
+    try:
+        experiences, consumed, _ = generator._generate_vllm(
+            iter(generator.eval_dataloader), num_prompts, dynamic_filtering=False, **generate_kwargs
+        )
+    finally:
+        if sleep:
+            batch_vllm_engine_call(generator.vllm_engines, "sleep")
+    if consumed != num_prompts:
+        raise RuntimeError(f"held-out evaluation sent {consumed} of {num_prompts} prompts to the engines")
+    return experiences
 
 
 def engine_llm(actor):

@@ -93,6 +93,20 @@ def test_evaluation_never_used_redundancy(bench):
                 assert summary[mode]["patterns"]["all"]["accuracy"] == pytest.approx(accuracy)
 
 
+def test_evaluation_sends_the_held_out_set_in_one_call(bench):
+    # Oracle: vLLM's own iteration count. Upstream's generate_eval_samples sends PROMPTS prompts per call and waits for
+    # each call, so the EVAL_SIZE = 6 held-out prompts would go as 4 + 2, one call after the other: at least the
+    # longest answer of one call plus the longest of the other. The starting model's greedy answers all run to the
+    # cap (24 tokens), so that is 48 iterations; one call takes 24 plus the few by which the requests' arrivals at the
+    # engine are staggered.
+    report, _, _ = bench
+    assert EVAL_SIZE > PROMPTS
+    for arm in ARMS:
+        greedy = _lines(Path(report["arms"][arm]["runs"]["0"]["run_dir"]) / "evals.jsonl")[0]["greedy"]
+        assert greedy["length"] == [24] * EVAL_SIZE
+        assert greedy["iterations"] < 2 * 24
+
+
 def test_outputs_and_summary(bench):
     report, out, stdout = bench
     for name in ("lengths.png", "accuracy.png", "cumulative.png"):
