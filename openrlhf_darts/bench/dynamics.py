@@ -154,11 +154,11 @@ def load_problems(path: str | os.PathLike, flag: str) -> list[dict[str, str]]:
 
 
 # Built-in mixes (`--mix`): the local.sft mix of the training problems and of the SFT policy, and the held-out set's
-# parts as (local.sft mix, share). "pattern1" is the two-pattern task without its lookups, which no recipe tried so far
-# teaches the 0.4 M model (local/sft.py): the copy and one-step problems with self-checks (Pattern I) alone.
-MIXES: dict[str, tuple[str, tuple[tuple[str, float], ...]]] = {
-    "two_pattern": ("two_pattern", (("easy", 0.5), ("lookup", 0.5))),
-    "pattern1": ("easy", (("easy", 1.0),)),
+# parts (local.sft mixes, equal shares). "pattern1" is the two-pattern task without its lookups, which no recipe
+# tried so far teaches the 0.4 M model (local/sft.py): the copy and one-step problems with self-checks (Pattern I).
+MIXES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "two_pattern": ("two_pattern", ("easy", "lookup")),
+    "pattern1": ("easy", ("easy",)),
 }
 
 
@@ -171,8 +171,8 @@ def builtin_problems(num_train: int, eval_size: int, mix: str = "two_pattern") -
     train = mixed_problems(num_train, TRAIN_SEED, train_mix)
     seen = {p["prompt"] for p in train}
     held_out = []
-    counts = [int(eval_size * share) for _, share in parts[:-1]]
-    for (difficulty, _), count in zip(parts, [*counts, eval_size - sum(counts)]):
+    counts = [eval_size // len(parts)] * (len(parts) - 1)  # equal parts, the remainder in the last
+    for difficulty, count in zip(parts, [*counts, eval_size - sum(counts)]):
         fresh = [p for p in mixed_problems(4 * count + 16, EVAL_SEED, difficulty) if p["prompt"] not in seen]
         unique = list({p["prompt"]: p for p in fresh}.values())[:count]
         if len(unique) < count:
