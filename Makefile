@@ -8,8 +8,8 @@ setup:
 
 # The main job: bench.dynamics scaled down (README, "Main job"): the Pattern I task, where the policy learns, at the
 # saved run's learning rate (benchmarks/README.md, "Training dynamics").
-MAIN_JOB := --mix pattern1 --lr 3e-4 --arms baseline,darts_adaptive --seeds 2 --steps 20 --prompts-per-step 8 --n 8 \
-	--eval-every 10 --eval-size 64 --eval-samples 2 --out runs/main_job
+MAIN_JOB := --mix pattern1 --lr 3e-4 --arms baseline,darts_adaptive --seeds 2 --steps 16 --prompts-per-step 8 --n 8 \
+	--eval-every 8 --eval-size 64 --eval-samples 2 --out runs/main_job
 
 run: setup
 	$(PY) -m openrlhf_darts.bench.dynamics $(MAIN_JOB)
