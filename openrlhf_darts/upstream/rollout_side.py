@@ -1,5 +1,6 @@
 """Engine-side and generator-side doors: the rollout `SamplingParams` as upstream builds them, the engine actor's vLLM
-`llm`, upstream's reward executor and its logger, the samples generator's dataloader iterator, the held-out evaluation in one engine call, the prompt dataset.
+`llm`, upstream's reward executor and its logger, the samples generator's dataloader iterator, the held-out
+evaluation in one engine call, the prompt dataset.
 
 Each reads or rebinds one upstream attribute listed in `contract.ATTRIBUTES` (or calls one listed in `CONTRACT`).
 """
@@ -65,7 +66,7 @@ def eval_samples_in_one_call(generator, **generate_kwargs) -> list:
     the engines woken and put back to sleep under `--vllm.enable_sleep`. Upstream sends `--rollout.batch_size` prompts
     per call and waits for each call, so a held-out set of 64 at batch size 8 runs as 8 calls one after another (8 x the
     longest answer in engine iterations); here the engine batches them all. The samples are the same draws in
-    distribution; only the engine's schedule changes. Raises if any held-out prompt did not come back."""
+    distribution; only the engine's schedule changes. Raises RuntimeError if not every held-out prompt went out."""
     from openrlhf_darts.upstream.classes import batch_vllm_engine_call
 
     num_prompts = len(generator.eval_dataloader.dataset)
