@@ -64,8 +64,8 @@ def eval_samples_in_one_call(generator, **generate_kwargs) -> list:
     """Every held-out prompt of `generator.eval_dataloader` sent to the engines in one call, as upstream's
     `generate_eval_samples` otherwise does it: `_generate_vllm` with the given generate kwargs, no dynamic filtering,
     the engines woken and put back to sleep under `--vllm.enable_sleep`. Upstream sends `--rollout.batch_size` prompts
-    per call and waits for each call, so a held-out set of 64 at batch size 8 runs as 8 calls one after another (8 x the
-    longest answer in engine iterations); here the engine batches them all. The samples are the same draws in
+    per call and waits for each call, so a held-out set of 64 at batch size 8 runs as 8 calls one after another (8 x
+    the longest answer in engine iterations); here the engine batches them all. The samples are the same draws in
     distribution; only the engine's schedule changes. Raises RuntimeError if not every held-out prompt went out."""
     from openrlhf_darts.upstream.classes import batch_vllm_engine_call
 
