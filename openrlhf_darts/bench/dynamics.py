@@ -81,6 +81,18 @@ ARMS: dict[str, Arm] = {
         ("--darts.selection", "dual_end", "--darts.num_long", "1", "--darts.tail_prune", "paper"),
         adaptive=True,
     ),
+    # Probes of the kept set's width (issue 17: "L and M'_i"): three from the long end, as the reference DAPO variant
+    # grades L at M' = 10 for n = 8 (DARTS_SPEC.md §3(f)), at 1.25n and at 2n candidates.
+    "darts_l3": Arm(
+        "1.25n candidates, n-3 shortest + 3 longest kept, allocation off",
+        1.25,
+        ("--darts.selection", "dual_end", "--darts.num_long", "3", "--darts.tail_prune", "off"),
+    ),
+    "darts_wide_l3": Arm(
+        "2n candidates, n-3 shortest + 3 longest kept, allocation off",
+        2.0,
+        ("--darts.selection", "dual_end", "--darts.num_long", "3", "--darts.tail_prune", "off"),
+    ),
     "tail_batching": Arm(
         "tail batching (RollPacker-style, DARTS off): 1.25B prompts launched, the first B groups to complete trained, "
         "the rest aborted and deferred to the next step",
@@ -89,7 +101,7 @@ ARMS: dict[str, Arm] = {
         tail_batching=True,
     ),
 }
-for _name in ("darts_uniform", "darts_adaptive"):
+for _name in ("darts_uniform", "darts_adaptive", "darts_l3", "darts_wide_l3"):
     for _rule in ("exclude", "long_end"):
         _arm = ARMS[_name]
         ARMS[f"{_name}_{_rule}"] = Arm(
@@ -335,6 +347,13 @@ def check_args(args) -> list[str]:
         )
     if args.n < 2:
         raise ValueError(f"--n {args.n} is below 2; group-relative advantages and dual-end selection need n >= 2")
+    for arm in arms:
+        darts = ARMS[arm].darts
+        if "--darts.num_long" in darts and int(darts[darts.index("--darts.num_long") + 1]) >= args.n:
+            raise ValueError(
+                f"--arms {arm} keeps {darts[darts.index('--darts.num_long') + 1]} candidates from the long end, which "
+                f"leaves none from the short end at --n {args.n}; raise --n or drop the arm"
+            )
     if args.eval_every < 1 or args.steps % args.eval_every:
         raise ValueError(
             f"--steps {args.steps} is not a multiple of --eval-every {args.eval_every}; the last step must be "

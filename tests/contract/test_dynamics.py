@@ -141,6 +141,11 @@ def test_arm_flags_at_n_8():
     assert adaptive[-6:] == ["--darts.min_candidates", "8", "--darts.max_candidates", "16", "--darts.avg_candidates",
                              "10.0"]  # fmt: skip
     assert arm_flags("darts_uniform_long_end", 8)[-2:] == ["--darts.truncated", "long_end"]
+    # the kept set's width probes: L = 3 of ceil(1.25 * 8) = 10 and of 2 * 8 = 16 candidates.
+    l3, wide = arm_flags("darts_l3_long_end", 8), arm_flags("darts_wide_l3_long_end", 8)
+    assert l3[l3.index("--darts.num_long") + 1] == wide[wide.index("--darts.num_long") + 1] == "3"
+    assert l3[-6:-2] == ["--darts.min_candidates", "10", "--darts.max_candidates", "10"]
+    assert wide[-6:] == ["--darts.min_candidates", "16", "--darts.max_candidates", "16", "--darts.truncated", "long_end"]
     # tail batching: DARTS off, ceil(1.25 B) prompts launched, aborted prompts back in front of the next step.
     assert arm_flags("tail_batching", 8) == [
         "--tail_batching.enable", "--tail_batching.launch_ratio", "1.25", "--tail_batching.aborted_prompts", "defer"
@@ -165,6 +170,9 @@ def test_arms_and_sizes_are_checked_before_any_run():
         check_args(parser.parse_args(["--arms", "baseline", "--steps", "25"]))
     with pytest.raises(ValueError, match="--n 1 is below 2"):
         check_args(parser.parse_args(["--arms", "baseline", "--n", "1"]))
+    with pytest.raises(ValueError, match="--arms darts_l3 keeps 3 candidates from the long end, which leaves none"):
+        check_args(parser.parse_args(["--arms", "baseline,darts_l3", "--n", "3"]))
+    check_args(parser.parse_args(["--arms", "baseline,darts_l3", "--n", "4"]))  # K = 1, L = 3
     with pytest.raises(ValueError, match="--task='gsm8k' is not a task"):
         check_args(parser.parse_args(["--arms", "baseline", "--task", "gsm8k"]))
     with pytest.raises(ValueError, match="--train-prompts mine.jsonl with --task gsm_symbolic"):
