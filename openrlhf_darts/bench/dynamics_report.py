@@ -43,6 +43,14 @@ STEP_FIGURES = {
     "step_s": "timing/step_total",
     "reward": "rollout/reward_mean",
 }
+# Figures of runs written since the length push was recorded (local/trainer.py); absent from older runs' records, and
+# a step's `length_push_mixed` / `length_reward_corr` are absent when no group of that step had mixed rewards.
+OPTIONAL_STEP_FIGURES = {
+    "length_push": "local/kept_length_push",
+    "length_push_mixed": "local/kept_length_push_mixed",
+    "length_reward_corr": "local/kept_length_reward_corr",
+    "mixed_groups": "local/kept_mixed_groups",
+}
 CUMULATIVE = ("engine_iterations", "tokens_generated", "tokens_kept", "rollout_s")
 CONFIDENCE = 0.95
 
@@ -53,6 +61,7 @@ def step_row(record: dict) -> dict:
     if missing:
         raise KeyError(f"step {record.get('step')} status dict lacks {missing}; was it written by local/trainer.py?")
     row = {"step": int(record["step"]), **{name: float(record[key]) for name, key in STEP_FIGURES.items()}}
+    row.update({name: float(record[key]) for name, key in OPTIONAL_STEP_FIGURES.items() if key in record})
     row["tokens_wasted"] = row["tokens_generated"] - row["tokens_kept"]
     return row
 
@@ -163,6 +172,9 @@ def _run_figures(run: dict) -> dict:
     figures = {f"cumulative_{k}": sum(s[k] for s in steps) for k in CUMULATIVE}
     figures["kept_length_last10"] = float(np.mean([s["kept_length_mean"] for s in last]))
     figures["finished_length_last10"] = float(np.mean([s["finished_length_mean"] for s in last]))
+    if all("length_push" in s for s in steps):  # a difference in tokens against the baseline (summarize)
+        figures["length_push_mean"] = float(np.mean([s["length_push"] for s in steps]))
+        figures["mixed_groups_mean"] = float(np.mean([s["mixed_groups"] for s in steps]))
     if final is not None:
         for pattern, sampled in final["sampled"]["patterns"].items():
             greedy = final["greedy"]["patterns"][pattern]
@@ -190,6 +202,8 @@ def summarize(report: dict) -> dict:
                 continue
             if "accuracy" in key:  # difference in points
                 compared[key] = spread([100.0 * (a - b) for a, b in pairs], 0.0)
+            elif key.startswith("length_push"):  # a signed length in tokens: difference, not ratio
+                compared[key] = spread([a - b for a, b in pairs], 0.0)
             else:
                 compared[key] = spread([a / b if b else float("nan") for a, b in pairs], 1.0)
         summary["vs_baseline"][arm] = compared
@@ -228,6 +242,15 @@ def format_summary(report: dict) -> str:
                 values = [r.get(f"final/{pattern}/{key}") for r in runs.values()]
                 cells.append(_fmt_spread(spread(values), digits))
             lines.append(f"{arm:<26}{pattern:<9}{cells[0]:>24}{cells[1]:>24}{cells[2]:>24}{cells[3]:>24}")
+    if all("length_push_mean" in r for a in arms for r in summary["runs"][a].values()):
+        lines += ["", "Length push of the kept samples (core.shaping: mean over a step's groups of cov(length, "
+                  "advantage), tokens; < 0 asks for shorter answers), mean of the run's steps, mean over seeds "
+                  "[min, max]; share of groups with mixed rewards:"]  # fmt: skip
+        for arm in arms:
+            runs = summary["runs"][arm].values()
+            push = _fmt_spread(spread([r["length_push_mean"] for r in runs]), 2)
+            mixed = _fmt_spread(spread([r["mixed_groups_mean"] for r in runs]), 2)
+            lines.append(f"{arm:<26}push {push:>26}   mixed groups {mixed:>22}")
     if summary["vs_baseline"]:
         lines += ["", "Against the baseline of the same seed, mean [min, max] over seeds; * = the 95% t-interval over "
                   "seeds excludes no change (above the seed spread):"]  # fmt: skip
@@ -239,6 +262,7 @@ def format_summary(report: dict) -> str:
             ("cumulative engine iterations (ratio)", "cumulative_engine_iterations"),
             ("cumulative tokens generated (ratio)", "cumulative_tokens_generated"),
             ("cumulative rollout seconds (ratio)", "cumulative_rollout_s"),
+            ("kept-set length push, mean of steps (tokens, diff)", "length_push_mean"),
         ]
         patterns = sorted({k.split("/")[1] for c in summary["vs_baseline"].values() for k in c if "accuracy" in k})
         shown += [(f"accuracy {p}, {m} (points)", f"final/{p}/{m}_accuracy") for p in patterns for m in
@@ -247,7 +271,7 @@ def format_summary(report: dict) -> str:
         lines.append(f"{'figure':<46}" + "".join(f"{a:>32}" for a in others))
         for label, key in shown:
             cells = [
-                _fmt_spread(summary["vs_baseline"][a].get(key, {}), 1 if "points" in label else 3) for a in others
+                _fmt_spread(summary["vs_baseline"][a].get(key, {}), 3 if "ratio" in label else 1) for a in others
             ]
             lines.append(f"{label:<46}" + "".join(f"{c:>32}" for c in cells))
         lines += ["", *verdicts(summary, others)]
@@ -342,6 +366,21 @@ def plot_all(report: dict, out: Path) -> dict[str, str]:
         ax.set(xlabel="step", ylabel=f"cumulative {label}")
     fig.suptitle("cumulative rollout cost: mean over seeds, band = min-max over seeds")
     paths["cumulative"] = _save(plt, fig, axes, out / "cumulative.png")
+
+    runs = [r for a in arms.values() for r in a["runs"].values()]
+    if all("length_push" in s for r in runs for s in r["steps"]):  # runs recorded since the push exists
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        for arm, data in arms.items():
+            seeds = list(data["runs"].values())
+            steps = [s["step"] for s in seeds[0]["steps"]]
+            pushes = [np.cumsum([s["length_push"] for s in r["steps"]]) for r in seeds]
+            _band(axes[0], steps, pushes, arm, color=colors[arm])
+            mixed = [[s["mixed_groups"] for s in r["steps"]] for r in seeds]
+            _band(axes[1], steps, mixed, arm, color=colors[arm])
+        axes[0].set(xlabel="step", ylabel="cumulative length push (tokens)", title="kept samples: cov(length, advantage)")
+        axes[1].set(xlabel="step", ylabel="share of groups", title="groups with mixed rewards (kept samples)")
+        fig.suptitle("what the updates ask of length (core.shaping): mean over seeds, band = min-max over seeds")
+        paths["shaping"] = _save(plt, fig, axes, out / "shaping.png")
     return paths
 
 

@@ -10,7 +10,8 @@ extends `DartsPPOTrainer` (itself upstream's `PPOTrainer` one level deep) by sho
 - `train_step`: reads the engines' iteration and finished-request counters (rollout/engine_counters.py) as it starts,
   which is right after upstream's rollout returned, so the step's rollout figures exclude the weight sync, its probe
   and evaluation (the counters are read again after each of those), and adds length percentiles and token counts of
-  the kept samples (all runs) to the status;
+  the kept samples (all runs) to the status, and what the update asks of length (`local/kept_length_push`,
+  core/shaping.py);
 - `broadcast_to_vllm` (probe on): the engine's log-probs of a fixed probe sequence before and after upstream's weight
   sync, and the policy actor's own log-probs of the same tokens: `local/sync_engine_change` (max |after - before|) must
   be > 0 once the policy moved, and `local/sync_engine_policy_diff` (max |engine - policy|) must be ~0;
@@ -42,6 +43,7 @@ import torch
 
 from openrlhf_darts import upstream
 from openrlhf_darts.core.percentile import nearest_rank
+from openrlhf_darts.core.shaping import step_length_push
 from openrlhf_darts.trainer.ppo_trainer import DartsPPOTrainer
 
 STEP_LOG_ENV = "OPENRLHF_DARTS_LOCAL_STEP_LOG"
@@ -94,12 +96,37 @@ class LocalPPOTrainerImpl(DartsPPOTrainer.__ray_actor_class__):
         # Upstream's fit calls this right after its rollout returned: the engines' work since the mark is the rollout.
         self._rollout_engine = self._engine_delta(self._engine_mark, self._engine_counts())
         lengths = [int(x) for e in rollout_samples for x in e.response_length]  # kept samples
+        push = self._length_push(rollout_samples, lengths)
         status, next_step = super().train_step(rollout_samples, global_step)
         status.update(_length_figures("local/kept", lengths))
+        status.update(push)
         status["local/kept_tokens"] = float(sum(lengths))
         status["local/response_length_max"] = status["local/kept_length_max"]
         status["local/response_tokens"] = status["local/kept_tokens"]
         return status, next_step
+
+    def _length_push(self, rollout_samples, lengths: list[int]) -> dict[str, float]:
+        """`local/kept_length_push` and its companions (core/shaping.py) from the kept samples' rewards, in the
+        groups of n consecutive samples upstream's advantage code reshapes them into (checked: one prompt per group);
+        {} with n = 1 (no group) or when the samples carry no reward yet (a reward model scores them later, in
+        upstream's experience maker)."""
+        n = self.args.rollout.n_samples_per_prompt
+        if n < 2 or any(e.rewards is None for e in rollout_samples):
+            return {}
+        prompts = [p for e in rollout_samples for p in e.prompts]
+        split = [i for i in range(0, len(prompts), n) if len(set(prompts[i : i + n])) != 1]
+        if split:
+            raise RuntimeError(
+                f"kept samples {split[0]}..{split[0] + n - 1} of this step do not share a prompt; upstream's "
+                "group_norm advantages assume n consecutive samples per prompt"
+            )
+        figures = step_length_push(lengths, [float(r) for e in rollout_samples for r in e.rewards], n)
+        out = {"local/kept_length_push": figures["push"], "local/kept_mixed_groups": figures["mixed_share"]}
+        if figures["push_mixed"] is not None:
+            out["local/kept_length_push_mixed"] = figures["push_mixed"]
+        if figures["corr"] is not None:
+            out["local/kept_length_reward_corr"] = figures["corr"]
+        return out
 
     def _candidate_figures(self, logs_dict: dict) -> dict[str, float]:
         """The step's candidates: how many, how many aborted, tokens generated (aborted ones up to their abort), and

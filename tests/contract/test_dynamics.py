@@ -38,7 +38,7 @@ def _lines(path: Path) -> list[dict]:
 
 
 def test_per_step_figures_are_the_runs_status_dicts(bench):
-    from openrlhf_darts.bench.dynamics_report import STEP_FIGURES
+    from openrlhf_darts.bench.dynamics_report import OPTIONAL_STEP_FIGURES, STEP_FIGURES
 
     report, _, _ = bench
     for arm in ARMS:
@@ -48,7 +48,24 @@ def test_per_step_figures_are_the_runs_status_dicts(bench):
         for row, status in zip(run["steps"], statuses):
             for name, key in STEP_FIGURES.items():
                 assert row[name] == status[key], (arm, row["step"], name)
+            for name, key in OPTIONAL_STEP_FIGURES.items():
+                assert row.get(name) == status.get(key), (arm, row["step"], name)
             assert row["tokens_wasted"] == status["local/candidate_tokens"] - status["local/kept_tokens"]
+
+
+def test_length_push_agrees_with_upstreams_reward_spread(bench):
+    # Oracle: upstream's own rollout stats over the same kept samples. Where every kept reward is equal (upstream's
+    # reward std 0), no group has an advantage, so nothing is pushed; a step with mixed groups has a reward spread.
+    report, _, _ = bench
+    for arm in ARMS:
+        run = report["arms"][arm]["runs"]["0"]
+        for row, status in zip(run["steps"], _lines(Path(run["run_dir"]) / "steps.jsonl")):
+            assert 0.0 <= row["mixed_groups"] <= 1.0
+            if status["rollout/reward_std"] == 0.0:
+                assert row["mixed_groups"] == 0.0 and row["length_push"] == 0.0 and "length_push_mixed" not in row
+            if row["mixed_groups"] > 0:
+                assert status["rollout/reward_std"] > 0 and "length_push_mixed" in row
+                assert row["length_push"] == pytest.approx(row["length_push_mixed"] * row["mixed_groups"])
 
 
 def test_step_figures_agree_with_independent_counts(bench):
@@ -109,7 +126,7 @@ def test_evaluation_sends_the_held_out_set_in_one_call(bench):
 
 def test_outputs_and_summary(bench):
     report, out, stdout = bench
-    for name in ("lengths.png", "accuracy.png", "cumulative.png"):
+    for name in ("lengths.png", "accuracy.png", "cumulative.png", "shaping.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "summary.txt").read_text().strip() in stdout
     ratios = report["summary"]["vs_baseline"]
