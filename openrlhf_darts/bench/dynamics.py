@@ -65,34 +65,29 @@ class Arm:
     tail_batching: bool = False  # DARTS off; `candidates` x B prompts launched, the first B groups trained
 
 
+def _dual_end(description: str, candidates: float, num_long: int, tail_prune: str = "off", **kw) -> Arm:
+    """A dual-end arm: L = `num_long` from the long end, `--darts.tail_prune` as given."""
+    darts = ("--darts.selection", "dual_end", "--darts.num_long", str(num_long), "--darts.tail_prune", tail_prune)
+    return Arm(description, candidates, darts, **kw)
+
+
 ARMS: dict[str, Arm] = {
     "baseline": Arm("upstream, n per prompt", 1.0, ()),
     "shortest_only": Arm(
         "1.5n candidates, the n shortest kept (L = 0), surplus aborted", 1.5, ("--darts.selection", "shortest")
     ),
-    "darts_uniform": Arm(
-        "1.25n candidates, n-1 shortest + 1 longest kept, allocation off",
-        1.25,
-        ("--darts.selection", "dual_end", "--darts.num_long", "1", "--darts.tail_prune", "off"),
-    ),
-    "darts_adaptive": Arm(
+    "darts_uniform": _dual_end("1.25n candidates, n-1 shortest + 1 longest kept, allocation off", 1.25, 1),
+    "darts_adaptive": _dual_end(
         "candidates in [n, 2n] by length spread (1.25n on average), L = 1, tail pruning: prompts at 2n shortest-only",
         1.25,
-        ("--darts.selection", "dual_end", "--darts.num_long", "1", "--darts.tail_prune", "paper"),
+        1,
+        tail_prune="paper",
         adaptive=True,
     ),
     # Probes of the kept set's width (issue 17: "L and M'_i"): three from the long end, as the reference DAPO variant
     # grades L at M' = 10 for n = 8 (DARTS_SPEC.md §3(f)), at 1.25n and at 2n candidates.
-    "darts_l3": Arm(
-        "1.25n candidates, n-3 shortest + 3 longest kept, allocation off",
-        1.25,
-        ("--darts.selection", "dual_end", "--darts.num_long", "3", "--darts.tail_prune", "off"),
-    ),
-    "darts_wide_l3": Arm(
-        "2n candidates, n-3 shortest + 3 longest kept, allocation off",
-        2.0,
-        ("--darts.selection", "dual_end", "--darts.num_long", "3", "--darts.tail_prune", "off"),
-    ),
+    "darts_l3": _dual_end("1.25n candidates, n-3 shortest + 3 longest kept, allocation off", 1.25, 3),
+    "darts_wide_l3": _dual_end("2n candidates, n-3 shortest + 3 longest kept, allocation off", 2.0, 3),
     "tail_batching": Arm(
         "tail batching (RollPacker-style, DARTS off): 1.25B prompts launched, the first B groups to complete trained, "
         "the rest aborted and deferred to the next step",
