@@ -377,7 +377,8 @@ def plot_all(report: dict, out: Path) -> dict[str, str]:
             _band(axes[0], steps, pushes, arm, color=colors[arm])
             mixed = [[s["mixed_groups"] for s in r["steps"]] for r in seeds]
             _band(axes[1], steps, mixed, arm, color=colors[arm])
-        axes[0].set(xlabel="step", ylabel="cumulative length push (tokens)", title="kept samples: cov(length, advantage)")
+        axes[0].set(xlabel="step", ylabel="cumulative length push (tokens)",
+                    title="kept samples: cov(length, advantage)")  # fmt: skip
         axes[1].set(xlabel="step", ylabel="share of groups", title="groups with mixed rewards (kept samples)")
         fig.suptitle("what the updates ask of length (core.shaping): mean over seeds, band = min-max over seeds")
         paths["shaping"] = _save(plt, fig, axes, out / "shaping.png")

@@ -27,7 +27,7 @@ EPS = 1e-9  # upstream's group_norm: (r - mean) / (std + 1e-9)
 
 
 def group_advantages(rewards: Sequence[float]) -> list[float]:
-    """Upstream's `group_norm` advantages of one group: (r - mean) / (sample std + 1e-9); all 0 if rewards are equal."""
+    """Upstream's `group_norm` advantages of one group: (r - mean) / (sample std + 1e-9); all 0 for equal rewards."""
     rewards = [float(r) for r in check_sequence("rewards", rewards)]
     if len(rewards) < 2:
         raise ValueError(f"rewards has {len(rewards)} value(s); a group-relative advantage needs a group of >= 2")

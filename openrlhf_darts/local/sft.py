@@ -23,7 +23,9 @@ The model reuses the tiny model's tokenizer and chat template with a slightly la
 size 32 for vLLM's CPU attention), about 0.4 M parameters; loss on response tokens only; 1,500 AdamW steps of 16, one
 torch thread (a busy machine made two threads 5x slower). Built once and cached under ``<cache>/tiny-verbose-2p``
 (stamped like the other local models; recipe 2, Pattern I only, was ``tiny-verbose``); the same seed and recipe give
-the same weights.
+the same weights on one machine, not across machines: CPU kernels differ in their rounding, and 1,500 steps amplify it
+(the Pattern I policy, built on two 2-core machines: step-0 greedy accuracy 0.688 and 0.641 on the same 64 held-out
+problems, greedy length 125 and 146 tokens; benchmarks/README.md, "The main job, timed").
 
 Measured on a shared 2-core machine (load average 8-30), Hugging Face sampling at temperature 1, 100 held-out problems
 per pattern x 4 samples (`bench.dynamics` measures the same with vLLM at step 0 of every run):

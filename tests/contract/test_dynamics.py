@@ -162,7 +162,8 @@ def test_arm_flags_at_n_8():
     l3, wide = arm_flags("darts_l3_long_end", 8), arm_flags("darts_wide_l3_long_end", 8)
     assert l3[l3.index("--darts.num_long") + 1] == wide[wide.index("--darts.num_long") + 1] == "3"
     assert l3[-6:-2] == ["--darts.min_candidates", "10", "--darts.max_candidates", "10"]
-    assert wide[-6:] == ["--darts.min_candidates", "16", "--darts.max_candidates", "16", "--darts.truncated", "long_end"]
+    assert wide[-6:] == ["--darts.min_candidates", "16", "--darts.max_candidates", "16", "--darts.truncated",
+                         "long_end"]  # fmt: skip
     # tail batching: DARTS off, ceil(1.25 B) prompts launched, aborted prompts back in front of the next step.
     assert arm_flags("tail_batching", 8) == [
         "--tail_batching.enable", "--tail_batching.launch_ratio", "1.25", "--tail_batching.aborted_prompts", "defer"
@@ -317,3 +318,28 @@ def test_reuse_finished_reads_the_runs_back(bench):
     assert (ours["steps"], ours["evals"], ours["wall_s"]) == (theirs["steps"], theirs["evals"], theirs["wall_s"])
     with pytest.raises(ValueError, match=r"runs/baseline/seed0 ran with other flags .*\['0.001', '0.002'\] differ"):
         main([*argv[: argv.index("--lr") + 1], "2e-3", *argv[argv.index("--lr") + 2 :]])
+
+
+def test_selection_push_applies_each_rule_to_one_set_of_step_zero_samples(tmp_path, stopping_model_path):
+    # bench.selection_push at toy size: 4 held-out prompts x 8 samples of the starting policy, n = 4. Oracle: the
+    # step-0 evaluation record it read (every sample, as the trainer wrote it) and the engine's finished-request count.
+    from openrlhf_darts.bench.selection_push import SELECTIONS
+
+    out = tmp_path / "push"
+    command = [sys.executable, "-m", "openrlhf_darts.bench.selection_push", "--model", stopping_model_path,
+               "--eval-size", "4", "--candidates", "8", "--n", "4", "--out", str(out)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"selection_push failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    report = json.loads((out / "report.json").read_text())
+    record = _lines(out / "sample" / "runs" / "baseline" / "seed0" / "evals.jsonl")[0]
+    sampled = record["sampled"]
+    assert record["step"] == 0 and record["group_outcomes"] == 0 and sampled["finished_requests"] == 4 * 8
+    assert report["meta"]["prompts"] == len(report["per_prompt"]) == 4
+    for prompt, figures in enumerate(report["per_prompt"]):
+        assert set(figures) == set(SELECTIONS)
+        lengths = [length for p, length in zip(sampled["prompt"], sampled["length"]) if p == prompt]
+        assert figures["baseline"]["length_mean"] == pytest.approx(sum(lengths[:4]) / 4)  # the first n, as sampled
+        # the 4 shortest of the first 6 (truncated ones, at the cap, only to fill) are no longer than the first 4
+        assert figures["shortest_only"]["length_mean"] <= figures["baseline"]["length_mean"]
+    assert (out / "selection_push.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "summary.txt").read_text().strip() in done.stdout
