@@ -64,6 +64,11 @@ class Arm:
     truncated: str | None = None  # --darts.truncated rule; None = the installed default
     tail_batching: bool = False  # DARTS off; `candidates` x B prompts launched, the first B groups trained
 
+    @property
+    def num_long(self) -> int:
+        """L: the arm's `--darts.num_long`; 0 for shortest-only and for arms without DARTS."""
+        return int(self.darts[self.darts.index("--darts.num_long") + 1]) if "--darts.num_long" in self.darts else 0
+
 
 def _dual_end(description: str, candidates: float, num_long: int, tail_prune: str = "off", **kw) -> Arm:
     """A dual-end arm: L = `num_long` from the long end, `--darts.tail_prune` as given."""
@@ -343,11 +348,10 @@ def check_args(args) -> list[str]:
     if args.n < 2:
         raise ValueError(f"--n {args.n} is below 2; group-relative advantages and dual-end selection need n >= 2")
     for arm in arms:
-        darts = ARMS[arm].darts
-        if "--darts.num_long" in darts and int(darts[darts.index("--darts.num_long") + 1]) >= args.n:
+        if ARMS[arm].num_long >= args.n:
             raise ValueError(
-                f"--arms {arm} keeps {darts[darts.index('--darts.num_long') + 1]} candidates from the long end, which "
-                f"leaves none from the short end at --n {args.n}; raise --n or drop the arm"
+                f"--arms {arm} keeps {ARMS[arm].num_long} candidates from the long end, which leaves none from the "
+                f"short end at --n {args.n}; raise --n or drop the arm"
             )
     if args.eval_every < 1 or args.steps % args.eval_every:
         raise ValueError(

@@ -38,17 +38,18 @@ import numpy as np
 
 from openrlhf_darts.bench import dynamics
 from openrlhf_darts.bench.dynamics_report import bootstrap_mean
+from openrlhf_darts.config import flag_table
 from openrlhf_darts.core.dual_end import select_dual_end
 from openrlhf_darts.core.shaping import length_correctness_corr, length_push
 
-# arm -> (candidates as a multiple of n, L, truncated rule); L = 0 is shortest-only. The baseline keeps the first n.
+COMPARED = ("baseline", "shortest_only", "darts_uniform_exclude", "darts_uniform_long_end", "darts_l3_long_end",
+            "darts_wide_l3_long_end")  # fmt: skip
+_DEFAULT_RULE = dict(row[:2] for row in flag_table())["--darts.truncated"]
+# arm -> (candidates as a multiple of n, L, truncated rule), from `bench.dynamics.ARMS`; L = 0 is shortest-only. The
+# baseline keeps the first n.
 SELECTIONS = {
-    "baseline": (1.0, 0, "exclude"),
-    "shortest_only": (1.5, 0, "exclude"),
-    "darts_uniform_exclude": (1.25, 1, "exclude"),
-    "darts_uniform_long_end": (1.25, 1, "long_end"),
-    "darts_l3_long_end": (1.25, 3, "long_end"),
-    "darts_wide_l3_long_end": (2.0, 3, "long_end"),
+    name: (arm.candidates, arm.num_long, arm.truncated or _DEFAULT_RULE)
+    for name, arm in ((name, dynamics.ARMS[name]) for name in COMPARED)
 }
 
 
