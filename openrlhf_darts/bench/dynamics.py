@@ -2,8 +2,8 @@
 the rollout cost along the way? Several arms x seeds of the same local GRPO training, with held-out evaluation.
 
     python -m openrlhf_darts.bench.dynamics [--arms baseline,darts_uniform,...] [--seeds 3] [--steps 40]
-        [--prompts-per-step 16] [--n 8] [--eval-every 10] [--eval-samples 4] [--eval-size 128] [--lr 1e-4]
-        [--task builtin|gsm_symbolic|...] [--mix two_pattern|pattern1] [--train-prompts FILE.jsonl]
+        [--prompts-per-step 16] [--n 8] [--eval-every 10] [--eval-samples 4] [--eval-size 128] [--lr 3e-4]
+        [--task builtin|gsm_symbolic|...] [--mix copy_count|two_pattern|pattern1] [--train-prompts FILE.jsonl]
         [--eval-prompts FILE.jsonl]
         [--model tiny-verbose|PATH] [--out runs/dynamics]
 
@@ -11,10 +11,11 @@ Every run is upstream OpenRLHF's own `train_ppo_ray` in local mode (`local.train
 engine actor, CPU policy actor, `group_norm` = GRPO advantages, no KL term, weight sync after every update). All arms
 and seeds get the same upstream flags, prompts and model; an arm adds only its `--darts.*` lines (`ARMS`; the
 `tail_batching` arm, DARTS off, its `--tail_batching.*` lines instead), a seed only `--train.seed` (prompt order,
-engine sampling). The task (`--task`, default `builtin`) is the two-pattern task of `local.sft` (Pattern I: self-checks
-that change nothing; Pattern II: multi-hop lookups, meant to be answered right far more often hop by hop than at once,
-which no recipe tried so far teaches the 0.4 M model; `--mix pattern1` keeps Pattern I alone, with its own SFT
-policy), a reasoning-gym dataset (`bench.tasks.task_problems`, scored by its own scorer, `bench.tasks.reward_file`;
+engine sampling). The task (`--task`, default `builtin`) is a two-pattern task of `local.sft` (`--mix copy_count`, the
+default; Pattern I: copy problems whose self-checks change nothing; Pattern II: one-step problems answered by
+counting one at a time, longer and more often right than the sum stated at once; `--mix two_pattern` has multi-hop
+lookups as Pattern II, which no recipe tried teaches the 0.4 M model; `--mix pattern1` keeps Pattern I alone; each
+mix has its own SFT policy), a reasoning-gym dataset (`bench.tasks.task_problems`, scored by its own scorer, `bench.tasks.reward_file`;
 the pattern is the dataset's name; use a model that can read it), or your own prompts: `--train-prompts` /
 `--eval-prompts` take JSONL rows `{"prompt", "answer", "pattern"?}` (the prompt as plain text, rendered with the
 model's chat template; `pattern` any label the held-out figures are split by), scored by the exact-answer reward of
@@ -166,17 +167,26 @@ def load_problems(path: str | os.PathLike, flag: str) -> list[dict[str, str]]:
 
 
 # Built-in mixes (`--mix`): the local.sft mix of the training problems and of the SFT policy, and the held-out set's
-# parts (local.sft mixes, equal shares). "pattern1" is the two-pattern task without its lookups, which no recipe
-# tried so far teaches the 0.4 M model (local/sft.py): the copy and one-step problems with self-checks (Pattern I).
+# parts (local.sft mixes, equal shares). "copy_count", the default: copy problems with self-checks (Pattern I) and
+# one-step problems answered by counting or at once (Pattern II, the depth the 0.4 M model learns). "two_pattern":
+# Pattern I and multi-hop lookups, which no recipe tried teaches the model (local/sft.py). "pattern1": the copy and
+# one-step problems, all with self-checks (Pattern I only).
 MIXES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "copy_count": ("copy_count", ("copy", "count")),
     "two_pattern": ("two_pattern", ("easy", "lookup")),
     "pattern1": ("easy", ("easy",)),
 }
+DEFAULT_MIX = "copy_count"
+_MIX_SOURCES = {
+    "copy_count": "built-in two-pattern task: copies with self-checks (I), counting (II)",
+    "two_pattern": "built-in two-pattern task with lookups (--mix two_pattern)",
+    "pattern1": "built-in Pattern I task (--mix pattern1)",
+}
 
 
-def builtin_problems(num_train: int, eval_size: int, mix: str = "two_pattern") -> tuple[list[dict], list[dict]]:
+def builtin_problems(num_train: int, eval_size: int, mix: str = DEFAULT_MIX) -> tuple[list[dict], list[dict]]:
     """Training problems of built-in `mix` (`MIXES`), and a held-out set that shares no prompt with them: for
-    "two_pattern" half Pattern I, half Pattern II problems; for "pattern1" Pattern I problems only."""
+    "copy_count" and "two_pattern" half Pattern I, half Pattern II problems; for "pattern1" Pattern I only."""
     from openrlhf_darts.local.sft import mixed_problems
 
     train_mix, parts = MIXES[mix]
@@ -300,9 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-every", type=int, default=10, help="held-out evaluation every k steps (and at 0)")
     parser.add_argument("--eval-samples", type=int, default=4, help="samples per held-out prompt at temperature 1")
     parser.add_argument(
-        "--eval-size", type=int, default=128, help="held-out problems (built-in two_pattern: half per pattern)"
+        "--eval-size", type=int, default=128, help="held-out problems (built-in two-pattern mixes: half per pattern)"
     )
-    parser.add_argument("--lr", type=float, default=1e-4, help="--actor.adam.lr")
+    parser.add_argument(
+        "--lr", type=float, default=3e-4, help="--actor.adam.lr (1e-4 barely moved the policy in 40 steps)"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=256, help="--rollout.max_new_tokens")
     parser.add_argument("--max-len", type=int, default=768, help="--data.max_len (prompt + response)")
     parser.add_argument(
@@ -315,9 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--mix",
         choices=sorted(MIXES),
-        default="two_pattern",
-        help="built-in task: two_pattern (Pattern I and lookups, the default) or pattern1 (Pattern I problems only); "
-        "also chooses the tiny-verbose policy fine-tuned on that mix",
+        default=None,
+        help=f"built-in task: copy_count (Pattern I copies and Pattern II counting; the default, {DEFAULT_MIX}), "
+        "two_pattern (Pattern I and lookups) or pattern1 (Pattern I problems only); also chooses the tiny-verbose "
+        "policy fine-tuned on that mix",
     )
     parser.add_argument(
         "--model",
@@ -359,7 +372,7 @@ def check_args(args) -> list[str]:
             "evaluated"
         )
     tasks.check_task(args.task)
-    if args.mix != "two_pattern" and (args.task != tasks.BUILTIN or args.train_prompts or args.eval_prompts):
+    if args.mix is not None and (args.task != tasks.BUILTIN or args.train_prompts or args.eval_prompts):
         raise ValueError(
             f"--mix {args.mix} chooses the built-in task's problems; with --task {args.task} or prompt files it would "
             "be ignored, so drop one of them"
@@ -382,10 +395,8 @@ def prepare_problems(args, out: Path) -> tuple[Path, Path, int, str]:
         train, held_out = gym_problems(args.task, num_train, args.eval_size)
         source = f"reasoning-gym {args.task} (bench.tasks.task_problems, its own scorer)"
     else:
-        train, held_out = builtin_problems(num_train, args.eval_size, args.mix)
-        source = {"two_pattern": "built-in two-pattern task", "pattern1": "built-in Pattern I task (--mix pattern1)"}[
-            args.mix
-        ] + " (local.sft, bench.tasks)"
+        train, held_out = builtin_problems(num_train, args.eval_size, args.mix or DEFAULT_MIX)
+        source = _MIX_SOURCES[args.mix or DEFAULT_MIX] + " (local.sft, bench.tasks)"
     if args.train_prompts:
         train = load_problems(args.train_prompts, "--train-prompts")
         source = f"--train-prompts {args.train_prompts}"
@@ -415,7 +426,7 @@ def main(argv: list[str] | None = None) -> dict:
     arms = check_args(args)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    model_path = policy_path(args.model, MIXES[args.mix][0])
+    model_path = policy_path(args.model, MIXES[args.mix or DEFAULT_MIX][0])
     train_file, eval_file, num_eval, source = prepare_problems(args, out)
     shared = shared_flags(args, model_path, train_file, eval_file, num_eval)
     report = {

@@ -86,6 +86,9 @@ DIR_NAME = "tiny-verbose-2p"  # two-pattern recipe; "tiny-verbose" held recipe 2
 _RECIPE_VERSION = 4  # bump when targets, model shape, problem mix or training change, so stale caches rebuild
 _STAMP = ".openrlhf_darts_sft.json"
 SFT_SEED_OFFSET = 10_000  # SFT problems use seeds far from the RL prompts' seeds
+# Fine-tuning steps of a mix when not given (1,500 else): counting is learned between 1,500 steps (counted answers
+# right 0.20, at once 0.05) and 3,000 (0.93 and 0.63); benchmarks/count_probe/.
+SFT_STEPS = {"copy_count": 3000}
 
 # --- problems: named mixes of levels, each level tagged with its pattern ------------------------------------------
 
@@ -98,12 +101,15 @@ DIFFICULTIES: dict[str, dict[str, float]] = {
     "one_op": {"one_op": 1.0},
     "chain": {"chain": 1.0},
     "lookup": {"lookup": 1.0},
+    "count": {"count": 1.0},
+    "copy_count": {"copy": 0.5, "count": 0.5},
 }
 DEFAULT_DIFFICULTY = "two_pattern"
 # DARTS_SPEC.md §1: Pattern I, length is ineffective verbosity (the targets add self-checks that change nothing);
 # Pattern II, length is effective depth (a lookup answered hop by hop is longer and, for this model, more often right).
-LEVEL_PATTERN = {"copy": "I", "one_op": "I", "chain": "I", "lookup": "II"}
-_MAX_OPS = {"copy": 0, "one_op": 1, "chain": 3}
+# "count" asks the one-step problems of "one_op" and answers them by counting (`count_target`): Pattern II.
+LEVEL_PATTERN = {"copy": "I", "one_op": "I", "chain": "I", "lookup": "II", "count": "II"}
+_MAX_OPS = {"copy": 0, "one_op": 1, "count": 1, "chain": 3}
 
 
 def _level_problems(level: str, num: int, seed: int) -> list[dict[str, str]]:
@@ -114,7 +120,12 @@ def _level_problems(level: str, num: int, seed: int) -> list[dict[str, str]]:
 
 def mixed_problems(num: int, seed: int, difficulty: str = DEFAULT_DIFFICULTY) -> list[dict[str, str]]:
     """``num`` problems in the `DIFFICULTIES` mix named ``difficulty``, deterministic in ``seed``, each tagged with its
-    ``pattern`` ("I" or "II", `LEVEL_PATTERN`).
+    ``pattern`` ("I" or "II", `LEVEL_PATTERN`); `mixed_levels` draws them."""
+    return [{**problem, "pattern": LEVEL_PATTERN[level]} for level, problem in mixed_levels(num, seed, difficulty)]
+
+
+def mixed_levels(num: int, seed: int, difficulty: str = DEFAULT_DIFFICULTY) -> list[tuple[str, dict[str, str]]]:
+    """``num`` (level, problem) pairs in the `DIFFICULTIES` mix named ``difficulty``, deterministic in ``seed``.
 
     Each problem's level is drawn from the mix; a level's problems come from its generator seeded with
     ``seed * 10 + _SEED_SLOTS[level]``, in order, so two seeds never share a level's stream.
@@ -125,10 +136,10 @@ def mixed_problems(num: int, seed: int, difficulty: str = DEFAULT_DIFFICULTY) ->
     levels, weights = zip(*DIFFICULTIES[difficulty].items())
     drawn = rng.choices(levels, weights=weights, k=num)
     pools = {k: iter(_level_problems(k, drawn.count(k), seed * 10 + _SEED_SLOTS[k])) for k in set(drawn)}
-    return [{**next(pools[k]), "pattern": LEVEL_PATTERN[k]} for k in drawn]
+    return [(k, next(pools[k])) for k in drawn]
 
 
-_SEED_SLOTS = {"copy": 0, "one_op": 1, "chain": 3, "lookup": 5}  # the first three keep the seeds of recipe 2
+_SEED_SLOTS = {"copy": 0, "one_op": 1, "chain": 3, "lookup": 5, "count": 7}  # the first three keep the seeds of recipe 2
 
 
 # --- targets: reasoning of random length -------------------------------------------------------------------------
@@ -247,11 +258,40 @@ def lookup_target(prompt: str, answer: str, rng: random.Random) -> str:
     return f"{body}\nAnswer: {answer}"
 
 
-def sft_target(problem: dict[str, str], rng: random.Random) -> str:
-    """The supervised answer of a `mixed_problems` problem: `lookup_target` for Pattern II, `verbose_target` else."""
-    if problem["pattern"] == "II":
-        return lookup_target(problem["prompt"], problem["answer"], rng)
-    return verbose_target(problem["prompt"], problem["answer"], rng)
+_ONE_STEP = re.compile(r"^(\d+) ([+-]) (\d+) = (\d+)\.$")
+
+
+def count_steps(prompt: str, answer: str) -> tuple[str, str, str]:
+    """The opening clause of a one-step problem (`make_problems(max_ops=1)`), its answer counted one at a time with
+    the steps left ("47 + 3: 48 2, 49 1, 50 0."), and the same stated at once ("47 + 3 = 50."), checked against the
+    label by `solution_steps`.
+
+    Counting needs only the number just written and a successor (or predecessor) of it, a local rule; stating the sum
+    at once needs the whole addition table in one forward pass.
+    """
+    opening, equations = solution_steps(prompt, answer)
+    step = _ONE_STEP.match(equations[0]) if len(equations) == 1 else None
+    if step is None:
+        raise ValueError(f"problem {prompt!r} is not a one-step addition or subtraction; count_steps needs max_ops=1")
+    start, sign, amount = int(step.group(1)), 1 if step.group(2) == "+" else -1, int(step.group(3))
+    counted = ", ".join(f"{start + sign * k} {amount - k}" for k in range(1, amount + 1))
+    return opening, f"{start} {step.group(2)} {amount}: {counted}.", equations[0]
+
+
+def count_target(prompt: str, answer: str, rng: random.Random) -> str:
+    """A "count" answer: the opening, then the result counted one at a time (share `STEP_BY_STEP_SHARE`) or stated at
+    once, then 'Answer: N'."""
+    opening, counted, at_once = count_steps(prompt, answer)
+    body = counted if rng.random() < STEP_BY_STEP_SHARE else at_once
+    return f"{opening} {body}\nAnswer: {answer}"
+
+
+_TARGETS = {"lookup": lookup_target, "count": count_target}  # the other levels: verbose_target
+
+
+def sft_target(level: str, problem: dict[str, str], rng: random.Random) -> str:
+    """The supervised answer of a `mixed_levels` problem of `level`."""
+    return _TARGETS.get(level, verbose_target)(problem["prompt"], problem["answer"], rng)
 
 
 # --- model and training ---------------------------------------------------------------------------------------------
@@ -310,8 +350,8 @@ def _train(out_dir, steps: int, batch_size: int, seed: int, lr: float, difficult
     torch.manual_seed(seed)
     rng = random.Random(seed)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("tiny"))
-    problems = mixed_problems(steps * batch_size, SFT_SEED_OFFSET + seed, difficulty)
-    examples = [_encode(tokenizer, p["prompt"], sft_target(p, rng)) for p in problems]
+    problems = mixed_levels(steps * batch_size, SFT_SEED_OFFSET + seed, difficulty)
+    examples = [_encode(tokenizer, p["prompt"], sft_target(level, p, rng)) for level, p in problems]
     # Batches of similar lengths, in random order: heavy-tailed targets padded to their batch's longest were half
     # padding, and this halves the step time on CPU.
     examples.sort(key=lambda example: len(example[0]))
@@ -383,10 +423,14 @@ def model_dir_name(difficulty: str = DEFAULT_DIFFICULTY) -> str:
 
 
 def ensure_verbose_model(
-    cache_dir: str | os.PathLike | None = None, steps: int = 1500, seed: int = 0, difficulty: str = DEFAULT_DIFFICULTY
+    cache_dir: str | os.PathLike | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    difficulty: str = DEFAULT_DIFFICULTY,
 ) -> str:
     """The cached tiny-verbose model folder of mix `difficulty` (`model_dir_name`), trained first when missing or
-    built by another recipe."""
+    built by another recipe; `steps` defaults to the mix's `SFT_STEPS`."""
+    steps = SFT_STEPS.get(difficulty, 1500) if steps is None else steps
     folder = Path(cache_dir or default_cache_dir()) / model_dir_name(difficulty)
     wanted = {"recipe": _RECIPE_VERSION, "steps": steps, "seed": seed, "difficulty": difficulty}
     stamp = folder / _STAMP
@@ -412,7 +456,7 @@ def ensure_verbose_model(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=1500, help="AdamW steps of 16 examples")
+    parser.add_argument("--steps", type=int, default=None, help="AdamW steps of 16 examples (default: SFT_STEPS)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache_dir", default=None, help="default: $OPENRLHF_DARTS_CACHE or ~/.cache/openrlhf_darts")
     args = parser.parse_args()

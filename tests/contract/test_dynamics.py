@@ -199,6 +199,8 @@ def test_arms_and_sizes_are_checked_before_any_run():
         check_args(parser.parse_args(["--arms", "baseline", "--mix", "pattern1", "--task", "gsm_symbolic"]))
     with pytest.raises(ValueError, match="--mix pattern1 chooses the built-in task's problems"):
         check_args(parser.parse_args(["--arms", "baseline", "--mix", "pattern1", "--eval-prompts", "mine.jsonl"]))
+    with pytest.raises(ValueError, match="--mix two_pattern chooses the built-in task's problems"):  # not a default
+        check_args(parser.parse_args(["--arms", "baseline", "--mix", "two_pattern", "--task", "gsm_symbolic"]))
     with pytest.raises(SystemExit):  # argparse: not one of the choices
         parser.parse_args(["--mix", "lookups"])
 
@@ -259,8 +261,12 @@ def test_pattern1_mix_is_pattern_i_only_and_unseen():
     # Independent of builtin_problems: a lookup ("What is D?") or an arithmetic chain never appears in the mix.
     assert not any("What is" in p["prompt"] for p in train + held_out)
     assert LEVEL_PATTERN["lookup"] == "II"
-    # The two-pattern default keeps its problems (saved runs and --reuse-finished depend on them).
-    assert builtin_problems(400, 64) == builtin_problems(400, 64, "two_pattern")
+    # The default mix is copy_count: copies (Pattern I) and counting (Pattern II), half each held out.
+    train, held_out = builtin_problems(400, 64)
+    assert (train, held_out) == builtin_problems(400, 64, "copy_count")
+    assert not {p["prompt"] for p in held_out} & {p["prompt"] for p in train}
+    assert [p["pattern"] for p in held_out].count("II") == 32
+    assert all(("Then" in p["prompt"]) == (p["pattern"] == "II") for p in train + held_out)
     assert model_dir_name() == "tiny-verbose-2p" and model_dir_name("easy") == "tiny-verbose-easy"
     with pytest.raises(ValueError, match="difficulty='hard' is unknown"):
         model_dir_name("hard")

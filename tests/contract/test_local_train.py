@@ -233,7 +233,7 @@ def test_lookup_problems_and_the_two_pattern_mix():
     import re
 
     from openrlhf_darts.bench.tasks import extract_answer, make_lookup_problems
-    from openrlhf_darts.local.sft import lookup_hops, mixed_problems, sft_target
+    from openrlhf_darts.local.sft import lookup_hops, mixed_levels, mixed_problems, sft_target
 
     problems = make_lookup_problems(200, seed=3)
     assert problems == make_lookup_problems(200, seed=3) and problems != make_lookup_problems(200, seed=4)
@@ -259,9 +259,52 @@ def test_lookup_problems_and_the_two_pattern_mix():
     assert all((p["pattern"] == "II") == (" = " in p["prompt"]) for p in mix)
     assert 160 <= sum(p["pattern"] == "II" for p in mix) <= 240
     rng = random.Random(0)
-    targets = [(p, sft_target(p, rng)) for p in mix if p["pattern"] == "II"]
+    assert [{**p, "pattern": "II" if level == "lookup" else "I"} for level, p in mixed_levels(400, seed=0)] == mix
+    targets = [(p, sft_target("lookup", p, rng)) for p in mix if p["pattern"] == "II"]
     for problem, target in targets:
         assert extract_answer(target) == problem["answer"]
     # About half the lookup targets are written hop by hop (STEP_BY_STEP_SHARE = 0.5), the rest state the value.
     step_by_step = sum(target.count(" = ") > 1 for _, target in targets)
     assert 0.35 * len(targets) <= step_by_step <= 0.65 * len(targets)
+
+
+def test_count_level_counts_one_at_a_time_to_the_label():
+    import random
+    import re
+
+    from openrlhf_darts.bench.tasks import extract_answer, make_problems
+    from openrlhf_darts.local.sft import count_steps, count_target, mixed_levels, mixed_problems
+
+    # By hand: 47 + 3 counted up with the steps left, or stated at once.
+    prompt = "Ava has 47 apples. Then Ava finds 3 more apples. How many apples does Ava have now?"
+    assert count_steps(prompt, "50") == ("Start with 47 apples.", "47 + 3: 48 2, 49 1, 50 0.", "47 + 3 = 50.")
+    prompt = "Ben has 12 coins. Then Ben gives 2 coins to a friend. How many coins does Ben have now?"
+    assert count_steps(prompt, "10")[1] == "12 - 2: 11 1, 10 0."
+    with pytest.raises(ValueError, match="label is 51"):
+        count_steps("Ava has 47 apples. Then Ava finds 3 more apples. How many apples does Ava have now?", "51")
+    with pytest.raises(ValueError, match="not a one-step addition or subtraction"):
+        count_steps("Ava has 7 apples. Then Ava doubles the number of apples. How many apples does Ava have now?", "14")
+
+    rng = random.Random(0)
+    counted = 0
+    for problem in make_problems(200, seed=5, max_ops=1):
+        start = int(problem["prompt"].split(" has ")[1].split()[0])
+        _, body, _ = count_steps(problem["prompt"], problem["answer"])
+        pairs = [tuple(map(int, pair.split())) for pair in body.split(": ")[1].rstrip(".").split(", ")]
+        # Each step moves the running value by one towards the label and the steps left by one down to 0.
+        values, left = [v for v, _ in pairs], [k for _, k in pairs]
+        assert [abs(v - start) for v in values] == list(range(1, len(pairs) + 1))
+        assert values[-1] == int(problem["answer"]) and left == list(range(len(pairs) - 1, -1, -1))
+        target = count_target(problem["prompt"], problem["answer"], rng)
+        assert extract_answer(target) == problem["answer"]
+        counted += bool(re.search(r"\d: \d", target))
+    assert 60 <= counted <= 140  # STEP_BY_STEP_SHARE = 0.5 of 200: sd 7
+
+    # The copy_count mix: copy problems are Pattern I, count problems Pattern II, about half each.
+    mix = mixed_levels(400, seed=0, difficulty="copy_count")
+    assert {level for level, _ in mix} == {"copy", "count"}
+    assert [p["pattern"] for p in mixed_problems(400, seed=0, difficulty="copy_count")] == [
+        "II" if level == "count" else "I" for level, _ in mix
+    ]
+    assert all(("Then" in p["prompt"]) == (level == "count") for level, p in mix)
+    assert 160 <= sum(level == "count" for level, _ in mix) <= 240
