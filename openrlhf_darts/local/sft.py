@@ -16,7 +16,15 @@ tagged with its pattern (`mixed_problems(...)["pattern"]`):
   the other half state the value at once ("D = 17."). A hop is one short copy; stating the value at once means
   resolving 2-3 references in one forward pass, which a 3-layer model can only guess (1 in 3 values).
 
-The default mix ("two_pattern") is half lookups, 35% copy and 15% one-step problems. Chains of arithmetic operations
+- **Pattern II, a depth the model learns** ("count" level, mix "copy_count", with the copy level as its Pattern I):
+  the one-step problems answered either by counting one at a time with the steps left ("47 + 3: 48 2, 49 1, 50 0.")
+  or at once ("47 + 3 = 50."), half the targets each (`count_target`). A counting step needs the number just written
+  and its successor; the sum at once needs the addition table in one forward pass. After 3,000 steps (`SFT_STEPS`),
+  sampled at temperature 1 on 100 held-out problems x 4: counted answers right 0.934, at once 0.633, correlation of
+  length and correctness within a prompt +0.45 (copy problems: right 0.978); after 1,500 steps 0.203 and 0.052
+  (benchmarks/count_probe/). `bench.dynamics` runs on this mix by default.
+
+The default mix of local runs ("two_pattern") is half lookups, 35% copy and 15% one-step problems. Chains of arithmetic operations
 ("chain") are out of reach of 0.4 M parameters trained for minutes (reward about 0), so they are not in it.
 
 The model reuses the tiny model's tokenizer and chat template with a slightly larger body (hidden 96, 3 layers, head
