@@ -15,11 +15,11 @@ engine sampling). The task (`--task`, default `builtin`) is a two-pattern task o
 default; Pattern I: copy problems whose self-checks change nothing; Pattern II: one-step problems answered by
 counting one at a time, longer and more often right than the sum stated at once; `--mix two_pattern` has multi-hop
 lookups as Pattern II, which no recipe tried teaches the 0.4 M model; `--mix pattern1` keeps Pattern I alone; each
-mix has its own SFT policy), a reasoning-gym dataset (`bench.tasks.task_problems`, scored by its own scorer, `bench.tasks.reward_file`;
-the pattern is the dataset's name; use a model that can read it), or your own prompts: `--train-prompts` /
-`--eval-prompts` take JSONL rows `{"prompt", "answer", "pattern"?}` (the prompt as plain text, rendered with the
-model's chat template; `pattern` any label the held-out figures are split by), scored by the exact-answer reward of
-`bench.tasks`.
+mix has its own SFT policy), a reasoning-gym dataset (`bench.tasks.task_problems`, scored by its own scorer,
+`bench.tasks.reward_file`; the pattern is the dataset's name; use a model that can read it), or your own prompts:
+`--train-prompts` / `--eval-prompts` take JSONL rows `{"prompt", "answer", "pattern"?}` (the prompt as plain text,
+rendered with the model's chat template; `pattern` any label the held-out figures are split by), scored by the
+exact-answer reward of `bench.tasks`.
 
 Measured, per run:
 - every step (`report["arms"][arm]["runs"][seed]["steps"]`, straight from the run's status dicts): kept and

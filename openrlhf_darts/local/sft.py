@@ -24,8 +24,9 @@ tagged with its pattern (`mixed_problems(...)["pattern"]`):
   length and correctness within a prompt +0.45 (copy problems: right 0.978); after 1,500 steps 0.203 and 0.052
   (benchmarks/count_probe/). `bench.dynamics` runs on this mix by default.
 
-The default mix of local runs ("two_pattern") is half lookups, 35% copy and 15% one-step problems. Chains of arithmetic operations
-("chain") are out of reach of 0.4 M parameters trained for minutes (reward about 0), so they are not in it.
+The default mix of local runs ("two_pattern") is half lookups, 35% copy and 15% one-step problems. Chains of
+arithmetic operations ("chain") are out of reach of 0.4 M parameters trained for minutes (reward about 0), so they
+are not in it.
 
 The model reuses the tiny model's tokenizer and chat template with a slightly larger body (hidden 96, 3 layers, head
 size 32 for vLLM's CPU attention), about 0.4 M parameters; loss on response tokens only; 1,500 AdamW steps of 16, one
@@ -147,7 +148,8 @@ def mixed_levels(num: int, seed: int, difficulty: str = DEFAULT_DIFFICULTY) -> l
     return [(k, next(pools[k])) for k in drawn]
 
 
-_SEED_SLOTS = {"copy": 0, "one_op": 1, "chain": 3, "lookup": 5, "count": 7}  # the first three keep the seeds of recipe 2
+# The first three keep the seeds of recipe 2.
+_SEED_SLOTS = {"copy": 0, "one_op": 1, "chain": 3, "lookup": 5, "count": 7}
 
 
 # --- targets: reasoning of random length -------------------------------------------------------------------------

@@ -283,7 +283,7 @@ def test_count_level_counts_one_at_a_time_to_the_label():
     with pytest.raises(ValueError, match="label is 51"):
         count_steps("Ava has 47 apples. Then Ava finds 3 more apples. How many apples does Ava have now?", "51")
     with pytest.raises(ValueError, match="not a one-step addition or subtraction"):
-        count_steps("Ava has 7 apples. Then Ava doubles the number of apples. How many apples does Ava have now?", "14")
+        count_steps("Ava has 7 apples. Then Ava doubles the number of apples. How many apples does Ava have now?", "14")  # noqa: E501
 
     rng = random.Random(0)
     counted = 0
