@@ -184,6 +184,11 @@ _MIX_SOURCES = {
 }
 
 
+def builtin_mix(args) -> str:
+    """The built-in mix a command runs: its `--mix`, or `DEFAULT_MIX` when none was given."""
+    return args.mix or DEFAULT_MIX
+
+
 def builtin_problems(num_train: int, eval_size: int, mix: str = DEFAULT_MIX) -> tuple[list[dict], list[dict]]:
     """Training problems of built-in `mix` (`MIXES`), and a held-out set that shares no prompt with them: for
     "copy_count" and "two_pattern" half Pattern I, half Pattern II problems; for "pattern1" Pattern I only."""
@@ -395,8 +400,8 @@ def prepare_problems(args, out: Path) -> tuple[Path, Path, int, str]:
         train, held_out = gym_problems(args.task, num_train, args.eval_size)
         source = f"reasoning-gym {args.task} (bench.tasks.task_problems, its own scorer)"
     else:
-        train, held_out = builtin_problems(num_train, args.eval_size, args.mix or DEFAULT_MIX)
-        source = _MIX_SOURCES[args.mix or DEFAULT_MIX] + " (local.sft, bench.tasks)"
+        train, held_out = builtin_problems(num_train, args.eval_size, builtin_mix(args))
+        source = _MIX_SOURCES[builtin_mix(args)] + " (local.sft, bench.tasks)"
     if args.train_prompts:
         train = load_problems(args.train_prompts, "--train-prompts")
         source = f"--train-prompts {args.train_prompts}"
@@ -426,7 +431,7 @@ def main(argv: list[str] | None = None) -> dict:
     arms = check_args(args)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    model_path = policy_path(args.model, MIXES[args.mix or DEFAULT_MIX][0])
+    model_path = policy_path(args.model, MIXES[builtin_mix(args)][0])
     train_file, eval_file, num_eval, source = prepare_problems(args, out)
     shared = shared_flags(args, model_path, train_file, eval_file, num_eval)
     report = {

@@ -259,7 +259,10 @@ def test_lookup_problems_and_the_two_pattern_mix():
     assert all((p["pattern"] == "II") == (" = " in p["prompt"]) for p in mix)
     assert 160 <= sum(p["pattern"] == "II" for p in mix) <= 240
     rng = random.Random(0)
-    assert [{**p, "pattern": "II" if level == "lookup" else "I"} for level, p in mixed_levels(400, seed=0)] == mix
+    # mixed_levels draws the same problems; its levels agree with the prompts' shape (a lookup defines variables).
+    levels = mixed_levels(400, seed=0)
+    assert [p for _, p in levels] == [{k: v for k, v in p.items() if k != "pattern"} for p in mix]
+    assert all((level == "lookup") == (" = " in p["prompt"]) for level, p in levels)
     targets = [(p, sft_target("lookup", p, rng)) for p in mix if p["pattern"] == "II"]
     for problem, target in targets:
         assert extract_answer(target) == problem["answer"]
@@ -283,7 +286,7 @@ def test_count_level_counts_one_at_a_time_to_the_label():
     with pytest.raises(ValueError, match="label is 51"):
         count_steps("Ava has 47 apples. Then Ava finds 3 more apples. How many apples does Ava have now?", "51")
     with pytest.raises(ValueError, match="not a one-step addition or subtraction"):
-        count_steps("Ava has 7 apples. Then Ava doubles the number of apples. How many apples does Ava have now?", "14")  # noqa: E501
+        count_steps("Ava has 7 apples. Then Ava doubles the number of apples. How many apples does Ava have?", "14")
 
     rng = random.Random(0)
     counted = 0
@@ -303,8 +306,6 @@ def test_count_level_counts_one_at_a_time_to_the_label():
     # The copy_count mix: copy problems are Pattern I, count problems Pattern II, about half each.
     mix = mixed_levels(400, seed=0, difficulty="copy_count")
     assert {level for level, _ in mix} == {"copy", "count"}
-    assert [p["pattern"] for p in mixed_problems(400, seed=0, difficulty="copy_count")] == [
-        "II" if level == "count" else "I" for level, _ in mix
-    ]
     assert all(("Then" in p["prompt"]) == (level == "count") for level, p in mix)
+    assert all(("Then" in p["prompt"]) == (p["pattern"] == "II") for p in mixed_problems(400, 0, "copy_count"))
     assert 160 <= sum(level == "count" for level, _ in mix) <= 240
