@@ -21,6 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from openrlhf_darts.bench.tasks import extract_answer
+from openrlhf_darts.core.shaping import step_length_push
 from openrlhf_darts.local.sft import DIFFICULTIES, _level_problems, ensure_verbose_model
 
 mix = sys.argv[1] if len(sys.argv) > 1 else "copy_count"
@@ -33,12 +34,6 @@ torch.set_num_threads(1)
 torch.manual_seed(0)
 tok = AutoTokenizer.from_pretrained(path)
 model = AutoModelForCausalLM.from_pretrained(path).eval()
-
-
-def corr(xs, ys):
-    if len(set(xs)) < 2 or len(set(ys)) < 2:
-        return None
-    return statistics.correlation(xs, ys)
 
 
 result = {"mix": mix, "steps": steps}
@@ -68,14 +63,15 @@ for level in DIFFICULTIES[mix]:
                 shown += 1
         rows.append(group)
     lengths = sorted(n for g in rows for n, _ in g)
-    within = [corr([n for n, _ in g], [r for _, r in g]) for g in rows]
-    within = [c for c in within if c is not None]
+    # The mean over mixed groups of each group's length-correctness correlation, and the share of mixed groups
+    # (core.shaping). Not bench.dynamics' within_prompt_corr, which pools all samples centred on their prompt's means.
+    groups = step_length_push([n for g in rows for n, _ in g], [r for g in rows for _, r in g], group_size=4)
     entry = {
         "accuracy": round(statistics.mean(r for g in rows for _, r in g), 3),
         "length_mean": round(statistics.mean(lengths), 1),
         "length_p90": lengths[int(0.9 * (len(lengths) - 1))],
-        "within_prompt_corr": round(statistics.mean(within), 3) if within else None,
-        "mixed_groups": round(sum(0 < sum(r for _, r in g) < len(g) for g in rows) / len(rows), 3),
+        "within_prompt_corr": round(groups["corr"], 3) if groups["corr"] is not None else None,
+        "mixed_groups": round(groups["mixed_share"], 3),
     }
     if level == "count":
         for style, (right, total) in styles.items():
