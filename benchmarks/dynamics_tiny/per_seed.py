@@ -5,7 +5,8 @@ python benchmarks/dynamics_tiny/per_seed.py benchmarks/dynamics_tiny/report.json
 
 Reads only report.json (the evaluations bench.dynamics recorded). Prints, per decoding mode and pattern:
 accuracy / mean length per arm, seed and evaluation step; then each arm's accuracy against the baseline of the same
-seed, in points, mean [min, max] over seeds, per evaluation step.
+seed, in points, mean [min, max] over seeds, per evaluation step. Last, per pattern at T = 1: the share of held-out
+prompts whose samples mix right and wrong answers, and the within-prompt correlation of length and correctness.
 """
 
 import json
@@ -52,6 +53,16 @@ def main(path: str) -> None:
                     mean = sum(diffs) / len(diffs)
                     cells.append(f"{step:>3}: {mean:+5.1f} [{min(diffs):+5.1f}, {max(diffs):+5.1f}]")
                 print(f"  {arm:<24} ({len(seeds)} seeds)  " + "  ".join(cells))
+    for pattern in sorted(first_run["evals"][0]["sampled"]["patterns"]):
+        print(f"\nsampled, pattern {pattern}: mixed prompts / within-prompt corr(length, right) per evaluation step")
+        for arm, record in arms.items():
+            for seed, run in sorted(record["runs"].items(), key=lambda kv: int(kv[0])):
+                cells = []
+                for ev in run["evals"]:
+                    fig = ev["sampled"]["patterns"][pattern]
+                    corr = "  n/a" if fig["within_prompt_corr"] is None else f"{fig['within_prompt_corr']:+.2f}"
+                    cells.append(f"{ev['step']:>3}: {fig['mixed_groups']:.3f}/{corr}")
+                print(f"  {arm:<24} seed {seed}  " + "  ".join(cells))
 
 
 if __name__ == "__main__":
